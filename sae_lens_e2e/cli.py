@@ -1,0 +1,37 @@
+"""`sae-lens-e2e` command line: one sub-command per module, each adding its own parser."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module exposes `add_parser(subparsers)`, which registers a sub-command and sets
+# `func(args) -> int` as its default.
+SUBCOMMAND_MODULES = [
+    "sae_lens_e2e.train_cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sae-lens-e2e",
+        description="End-to-end sparse autoencoder training for SAELens.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
