@@ -1,1 +1,32 @@
-"""End-to-end SAE training for SAELens."""
+"""End-to-end SAE training for SAELens (Braun et al. 2024).
+
+Importing the package registers the e2e training architectures with SAELens's registry.
+"""
+
+from sae_lens_e2e.config import (
+    E2EStandardTrainingSAEConfig,
+    E2ETopKTrainingSAEConfig,
+    LossCoefficients,
+)
+from sae_lens_e2e.evaluation import evaluate, evaluate_many
+from sae_lens_e2e.losses import compute_loss_terms
+from sae_lens_e2e.runner import E2ESAETrainingRunner
+from sae_lens_e2e.sae import E2EStandardTrainingSAE, E2ETopKTrainingSAE, register_e2e_architectures
+from sae_lens_e2e.trainer import E2ETrainer, NonFiniteLossError
+
+register_e2e_architectures()
+
+__all__ = [
+    "E2ESAETrainingRunner",
+    "E2EStandardTrainingSAE",
+    "E2EStandardTrainingSAEConfig",
+    "E2ETopKTrainingSAE",
+    "E2ETopKTrainingSAEConfig",
+    "E2ETrainer",
+    "LossCoefficients",
+    "NonFiniteLossError",
+    "compute_loss_terms",
+    "evaluate",
+    "evaluate_many",
+    "register_e2e_architectures",
+]

@@ -1,0 +1,160 @@
+"""E2E training configs: SAELens training-SAE configs that also carry the e2e strategy.
+
+The strategy lives on the SAE config (not on a new runner config) so that a plain
+`LanguageModelSAERunnerConfig(sae=E2EStandardTrainingSAEConfig(...), ...)` selects it, and so
+that SAELens records every e2e field in `metadata.training_architecture_details` of the
+saved SAE.
+
+Coefficient convention (the paper's lambda means the same thing here):
+    loss = kl_coefficient * KL(P_orig || P_sae)
+         + l1_coefficient * sum_saes ||c||_p.mean() / d_in
+         + out_to_in_coefficient * sum_saes mse(sae_out, sae_in)         (mean over d_in too)
+         + in_to_orig_coefficient * mean_h mse(act_h spliced, act_h clean)
+with decoder rows unit-normalised inside every forward pass. Stock SAELens's standard SAE
+uses `mse.sum(-1).mean() + l1 * ||c * ||W_dec||||_1.mean()`; with unit-norm decoder rows that is
+exactly d_in times our `local` loss, so a `local` lambda equals SAELens's `l1_coefficient`
+(Adam is invariant to the common factor). For `e2e` the KL term is not divided by d_in, so
+the SAELens-equivalent l1 of an e2e lambda is lambda / d_in relative to a KL of weight 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
+from sae_lens.saes.standard_sae import StandardSAEConfig, StandardTrainingSAEConfig
+from sae_lens.saes.topk_sae import TopKSAEConfig
+
+Strategy = Literal["local", "e2e", "e2e_ds"]
+STRATEGIES: tuple[str, ...] = ("local", "e2e", "e2e_ds")
+KERNEL_BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
+
+# Paper defaults per strategy: (kl, out_to_in, in_to_orig). e2e_ds used in_to_orig 2.5 at
+# layers 2 and 6 of GPT-2 small and 0.05 at layer 10; 2.5 is the default here.
+_DEFAULT_COEFFICIENTS: dict[str, tuple[float, float, float]] = {
+    "local": (0.0, 1.0, 0.0),
+    "e2e": (1.0, 0.0, 0.0),
+    "e2e_ds": (0.5, 0.0, 2.5),
+}
+
+
+@dataclass(frozen=True)
+class LossCoefficients:
+    """Resolved weights of each loss term (sparsity weight is `l1_coefficient`)."""
+
+    kl: float
+    sparsity: float
+    out_to_in: float
+    in_to_orig: float
+
+
+@dataclass(kw_only=True)
+class E2ETrainingMixin:
+    """Fields shared by every e2e training architecture. See the module docstring."""
+
+    strategy: Strategy = "e2e"
+    kl_coefficient: float | None = None
+    out_to_in_coefficient: float | None = None
+    in_to_orig_coefficient: float | None = None
+    # Hooks whose activations the e2e_ds term reconstructs; None -> every
+    # blocks.{l+1..L-1}.hook_resid_pre after the last SAE.
+    downstream_hooks: list[str] | None = None
+    # Further SAE positions trained in the same run, spliced in together with `hook_name`.
+    additional_hook_names: list[str] = field(default_factory=list)
+    grad_clip_norm: float | None = 1.0
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    kernels: Literal["auto", "triton", "torch"] = "auto"
+    init_decoder_orthogonal: bool = True
+
+    def validate_e2e_fields(self) -> None:
+        """Reject bad values early, with the field name in the message."""
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
+        if self.kernels not in KERNEL_BACKENDS:
+            raise ValueError(f"kernels={self.kernels!r} is not one of {KERNEL_BACKENDS}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(
+                f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}"
+            )
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ValueError(f"grad_clip_norm must be positive or None, got {self.grad_clip_norm}")
+        for name in ("kl_coefficient", "out_to_in_coefficient", "in_to_orig_coefficient"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+    def sparsity_coefficient(self) -> float:
+        return 0.0
+
+    def loss_coefficients(self) -> LossCoefficients:
+        kl, out_to_in, in_to_orig = _DEFAULT_COEFFICIENTS[self.strategy]
+        return LossCoefficients(
+            kl=kl if self.kl_coefficient is None else self.kl_coefficient,
+            sparsity=self.sparsity_coefficient(),
+            out_to_in=out_to_in if self.out_to_in_coefficient is None else self.out_to_in_coefficient,
+            in_to_orig=in_to_orig
+            if self.in_to_orig_coefficient is None
+            else self.in_to_orig_coefficient,
+        )
+
+    def add_training_info_to_metadata(self) -> None:
+        """Also record the strategy at the top level of the saved SAE's metadata."""
+        super().add_training_info_to_metadata()  # type: ignore[misc]
+        self.metadata.training_strategy = self.strategy  # type: ignore[attr-defined]
+
+
+@dataclass(kw_only=True)
+class E2EStandardTrainingSAEConfig(E2ETrainingMixin, StandardTrainingSAEConfig):
+    """ReLU SAE (the paper's). `l1_coefficient` is the paper's lambda; `lp_norm` its p."""
+
+    apply_b_dec_to_input: bool = False
+    decoder_init_norm: float | None = None
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "e2e_standard"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate_e2e_fields()
+        if self.apply_b_dec_to_input:
+            raise ValueError("apply_b_dec_to_input must be False for e2e SAEs (as the reference)")
+
+    def sparsity_coefficient(self) -> float:
+        return self.l1_coefficient
+
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return StandardSAEConfig
+
+
+@dataclass(kw_only=True)
+class E2ETopKTrainingSAEConfig(E2ETrainingMixin, TrainingSAEConfig):
+    """TopK SAE: fixed k, no sparsity term. Saved as a stock `topk` SAE."""
+
+    k: int = 100
+    apply_b_dec_to_input: bool = False
+    decoder_init_norm: float | None = None
+    # The decoder is normalised in the forward pass, so the stock TopK SAE must not rescale.
+    rescale_acts_by_decoder_norm: bool = False
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "e2e_topk"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate_e2e_fields()
+        if not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
+        if self.apply_b_dec_to_input or self.rescale_acts_by_decoder_norm:
+            raise ValueError(
+                "e2e TopK SAEs need apply_b_dec_to_input=False and rescale_acts_by_decoder_norm=False"
+            )
+
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return TopKSAEConfig
+
+
+E2ETrainingSAEConfig = E2EStandardTrainingSAEConfig | E2ETopKTrainingSAEConfig

@@ -1,0 +1,193 @@
+"""`E2ESAETrainingRunner`: SAELens's runner shape (model + data + trainer) for e2e training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
+from sae_lens.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
+from sae_lens.load_model import load_model
+from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.sae import SAE, SAEMetadata
+from sae_lens.training.activations_store import ActivationsStore
+
+from sae_lens_e2e.evaluation import evaluate
+from sae_lens_e2e.losses import as_e2e_config, downstream_hooks
+from sae_lens_e2e.sae import register_e2e_architectures
+from sae_lens_e2e.trainer import E2ETrainer, TokenStream
+from sae_lens_e2e.validation import sae_hook_names, validate_run
+
+logger = logging.getLogger(__name__)
+EVAL_RESULTS_FILENAME = "eval_results.json"
+
+
+class E2ESAETrainingRunner:
+    """Train e2e SAEs on a TransformerLens model; mirrors `LanguageModelSAETrainingRunner`.
+
+    `override_sae` warm-starts from existing SAELens SAEs: one SAE (for `cfg.hook_name`) or a
+    dict hook name -> SAE. `cfg.from_pretrained_path` does the same from a saved SAE folder.
+    """
+
+    def __init__(
+        self,
+        cfg: LanguageModelSAERunnerConfig[Any],
+        override_dataset: HfDataset | None = None,
+        override_model: Any | None = None,
+        override_sae: SAE[Any] | dict[str, SAE[Any]] | None = None,
+    ) -> None:
+        register_e2e_architectures()
+        self.cfg = cfg
+        self.e2e = as_e2e_config(cfg)
+        self.hooks = sae_hook_names(cfg)
+        self.model = override_model or load_model(
+            cfg.model_class_name,
+            cfg.model_name,
+            device=cfg.llm_device,
+            model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
+        )
+        self.model.requires_grad_(False).eval()
+        validate_run(cfg, self.model, self._downstream())
+        self.activations_store = ActivationsStore.from_config(
+            self.model, cfg, override_dataset=override_dataset
+        )
+        torch.manual_seed(cfg.seed)
+        self.saes = {hook: self._build_sae(hook) for hook in self.hooks}
+        self._warm_start(override_sae)
+        self.eval_results: dict[str, Any] = {}
+
+    def _downstream(self) -> list[str]:
+        return downstream_hooks(self.model, self.hooks, self.e2e)
+
+    def _build_sae(self, hook: str) -> Any:
+        metadata = SAEMetadata(
+            **self.cfg.sae.metadata.to_dict()
+            | dict(
+                model_name=self.cfg.model_name,
+            model_class_name=self.cfg.model_class_name,
+            hook_name=hook,
+            hook_head_index=self.cfg.hook_head_index,
+            context_size=self.cfg.context_size,
+            prepend_bos=self.cfg.prepend_bos,
+            dataset_path=self.cfg.dataset_path,
+            model_from_pretrained_kwargs=self.cfg.model_from_pretrained_kwargs or {},
+            sequence_separator_token=self.cfg.sequence_separator_token,
+            disable_concat_sequences=self.cfg.disable_concat_sequences,
+                exclude_special_tokens=self.cfg.exclude_special_tokens,
+            )
+        )
+        sae_cfg = dataclasses.replace(self.cfg.sae, metadata=metadata, device=self.cfg.device)
+        sae_class, _ = get_sae_training_class(sae_cfg.architecture())
+        return sae_class(sae_cfg)
+
+    def _warm_start(self, override_sae: SAE[Any] | dict[str, SAE[Any]] | None) -> None:
+        sources: dict[str, SAE[Any]] = {}
+        if isinstance(override_sae, dict):
+            sources = dict(override_sae)
+        elif override_sae is not None:
+            sources = {self.cfg.hook_name: override_sae}
+        elif self.cfg.from_pretrained_path is not None:
+            path = Path(self.cfg.from_pretrained_path)
+            if not path.exists():
+                raise FileNotFoundError(f"from_pretrained_path {path} does not exist")
+            sources = {self.cfg.hook_name: SAE.load_from_disk(path, device=self.cfg.device)}
+        for hook, source in sources.items():
+            if hook not in self.saes:
+                raise ValueError(f"warm-start SAE given for {hook!r}, which is not an SAE hook")
+            self.saes[hook].load_from_sae(source)
+
+    def _eval_tokens(self, stream: TokenStream) -> torch.Tensor:
+        """Held-out sequences, drawn before training so they are never trained on."""
+        per_batch = self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
+        return stream.next(max(1, self.cfg.n_eval_batches) * per_batch)
+
+    def run(self) -> dict[str, Any]:
+        """Train, evaluate on held-out tokens, save; returns hook name -> trained SAE."""
+        stream = TokenStream(self.activations_store)
+        eval_tokens = self._eval_tokens(stream)
+        eval_batch = self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
+
+        def evaluator() -> dict[str, Any]:
+            metrics = evaluate(self.model, self.saes, eval_tokens, batch_size=eval_batch)
+            return {k: v for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
+
+        trainer = E2ETrainer(self.cfg, self.model, self.saes, stream, evaluator)
+        if self.cfg.resume_from_checkpoint is not None:
+            path = trainer.load_checkpoint(self.cfg.resume_from_checkpoint)
+            logger.info("resumed from %s at step %d", path, trainer.step)
+        wandb_run = self._init_wandb()
+        try:
+            trainer.fit()
+            results = evaluate(self.model, self.saes, eval_tokens, batch_size=eval_batch)
+            self.eval_results = results
+            if self.cfg.save_final_checkpoint:
+                trainer.save_checkpoint()
+            if self.cfg.output_path is not None:
+                self.save(Path(self.cfg.output_path), results)
+            print(format_summary(results, self.e2e.strategy))
+        finally:
+            if wandb_run is not None:
+                wandb_run.finish()
+        return self.saes
+
+    def _init_wandb(self) -> Any:
+        if not self.cfg.logger.log_to_wandb:
+            return None
+        import wandb
+
+        return wandb.init(
+            project=self.cfg.logger.wandb_project,
+            entity=self.cfg.logger.wandb_entity,
+            config=self.cfg.to_dict(),
+            name=self.cfg.logger.run_name,
+            id=self.cfg.logger.wandb_id,
+        )
+
+    def save(self, output_path: Path, results: dict[str, Any]) -> Path:
+        """One stock SAELens folder per SAE (`<output>/<hook>/`), written atomically."""
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output_path.parent / f".{output_path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            for hook, sae in self.saes.items():
+                sae.save_inference_model(tmp / hook)
+                density = results[f"log10_feature_density/{hook}"]
+                save_file({"sparsity": density.contiguous()}, tmp / hook / SPARSITY_FILENAME)
+            (tmp / RUNNER_CFG_FILENAME).write_text(json.dumps(self.cfg.to_dict(), default=str))
+            scalars = {k: v for k, v in results.items() if not isinstance(v, torch.Tensor)}
+            (tmp / EVAL_RESULTS_FILENAME).write_text(json.dumps(scalars, indent=2))
+            _replace_dir(tmp, output_path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return output_path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Swap `src` into `dst`; the old `dst` is removed only once the new one is in place."""
+    old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def format_summary(results: dict[str, Any], strategy: str) -> str:
+    """A short human-readable table of the final evaluation."""
+    lines = [
+        f"e2e training finished (strategy={strategy}), held-out evaluation on "
+        f"{results['n_tokens']} tokens:",
+        f"  CE clean {results['ce_loss_clean']:.4f} | with SAEs {results['ce_loss_with_sae']:.4f}"
+        f" | zero-ablation {results['ce_loss_zero_ablation']:.4f}",
+        f"  CE increase {results['ce_loss_increase']:.4f} | CE recovered "
+        f"{results['ce_loss_recovered']:.3f} | KL {results['kl']:.4f}",
+    ]
+    for key, value in results.items():
+        if key.startswith(("l0/", "alive/", "explained_variance/")):
+            lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Run a HookedTransformer with SAEs spliced in, sharing the prefix with the clean run.
+
+Layers before the first SAE compute the same thing in the clean and the spliced run, so they
+run once (`run_prefix`) and both suffixes start from that residual with TransformerLens's
+`start_at_layer`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from transformer_lens import HookedTransformer
+
+_BLOCK_HOOK = re.compile(r"blocks\.(\d+)\.(.+)")
+
+
+def hook_layer(hook_name: str) -> int:
+    """Block index of a `blocks.N.*` hook; e2e SAEs must sit inside a block."""
+    match = _BLOCK_HOOK.fullmatch(hook_name)
+    if match is None:
+        raise ValueError(
+            f"hook {hook_name!r} is not inside a transformer block (expected 'blocks.N.<hook>')"
+        )
+    return int(match.group(1))
+
+
+@dataclass
+class SplicedRun:
+    """What one suffix run produced; SAE entries are empty for the clean run."""
+
+    logits: torch.Tensor | None = None
+    acts: dict[str, torch.Tensor] = field(default_factory=dict)
+    sae_in: dict[str, torch.Tensor] = field(default_factory=dict)
+    sae_out: dict[str, torch.Tensor] = field(default_factory=dict)
+    feature_acts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def run_prefix(model: HookedTransformer, tokens: torch.Tensor, start_layer: int) -> torch.Tensor:
+    """Residual stream entering block `start_layer` (no graph: the model is frozen)."""
+    with torch.no_grad():
+        return model(tokens, stop_at_layer=start_layer)
+
+
+def run_suffix(
+    model: HookedTransformer,
+    resid: torch.Tensor,
+    start_layer: int,
+    *,
+    saes: Mapping[str, Any] | None = None,
+    cache_hooks: Iterable[str] = (),
+    stop_layer: int | None = None,
+    checkpoint_layers: Iterable[int] = (),
+) -> SplicedRun:
+    """Blocks `start_layer..stop_layer` (and the unembed when stop_layer is None).
+
+    SAEs replace the activation at their hook with their reconstruction; `cache_hooks` are
+    recorded as they flow (with their graph, so losses can be taken on them).
+    """
+    run = SplicedRun()
+    fwd_hooks: list[tuple[str, Any]] = [
+        (name, partial(_cache_hook, store=run.acts, name=name)) for name in cache_hooks
+    ]
+    for name, sae in (saes or {}).items():
+        fwd_hooks.append((name, partial(_sae_hook, sae=sae, run=run, name=name)))
+    with model.hooks(fwd_hooks=fwd_hooks), checkpointed_blocks(model, checkpoint_layers):
+        out = model(resid, start_at_layer=start_layer, stop_at_layer=stop_layer)
+    if stop_layer is None:
+        run.logits = out
+    return run
+
+
+def _cache_hook(act: torch.Tensor, hook: Any, *, store: dict[str, torch.Tensor], name: str) -> None:
+    store[name] = act
+
+
+def _sae_hook(act: torch.Tensor, hook: Any, *, sae: Any, run: SplicedRun, name: str) -> torch.Tensor:
+    feature_acts, sae_out = sae.e2e_forward(act)
+    run.sae_in[name] = act
+    run.sae_out[name] = sae_out
+    run.feature_acts[name] = feature_acts
+    return sae_out.to(act.dtype)
+
+
+@contextmanager
+def checkpointed_blocks(model: HookedTransformer, layers: Iterable[int]) -> Iterator[None]:
+    """Recompute these blocks in backward instead of storing their activations."""
+    blocks = [model.blocks[i] for i in layers]
+    for block in blocks:
+        block.forward = partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward

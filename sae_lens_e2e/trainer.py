@@ -1,0 +1,221 @@
+"""The e2e training loop: Adam, SAELens's LR schedules, grad clip, accumulation, checkpoints.
+
+One step reads top to bottom in `train_step`: tokens -> `compute_loss_terms` -> backward ->
+clip -> Adam -> LR schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from sae_lens.config import LanguageModelSAERunnerConfig
+from sae_lens.constants import SAE_WEIGHTS_FILENAME
+from sae_lens.training.optim import get_lr_scheduler
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from sae_lens_e2e.losses import as_e2e_config, compute_loss_terms
+
+TRAINER_STATE_FILENAME = "trainer_state.pt"
+CHECKPOINT_PREFIX = "step_"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss; the weights are left as they were before the step."""
+
+
+class TokenStream:
+    """Batches of token ids from SAELens's ActivationsStore, counted so a resume can skip them."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.n_sequences = 0
+
+    def next(self, n_sequences: int) -> torch.Tensor:
+        tokens = self.store.get_batch_tokens(n_sequences)
+        self.n_sequences += n_sequences
+        return tokens
+
+    def skip(self, n_sequences: int, chunk: int = 256) -> None:
+        while n_sequences > 0:
+            taken = min(chunk, n_sequences)
+            self.next(taken)
+            n_sequences -= taken
+
+
+class E2ETrainer:
+    """Trains SAEs spliced into a frozen model with the configured e2e strategy."""
+
+    def __init__(
+        self,
+        cfg: LanguageModelSAERunnerConfig[Any],
+        model: HookedTransformer,
+        saes: Mapping[str, Any],
+        tokens: TokenStream,
+        evaluator: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.cfg, self.model, self.saes, self.tokens = cfg, model, saes, tokens
+        self.e2e = as_e2e_config(cfg)
+        self.evaluator = evaluator
+        self.params = [p for sae in saes.values() for p in sae.parameters()]
+        self.optimizer = torch.optim.Adam(
+            self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2)
+        )
+        self.total_steps = cfg.total_training_steps
+        self.scheduler = get_lr_scheduler(
+            cfg.lr_scheduler_name,
+            optimizer=self.optimizer,
+            training_steps=self.total_steps,
+            lr=cfg.lr,
+            warm_up_steps=cfg.lr_warm_up_steps,
+            decay_steps=cfg.lr_decay_steps,
+            lr_end=cfg.lr_end if cfg.lr_end is not None else cfg.lr / 10,
+            num_cycles=cfg.n_restart_cycles,
+        )
+        prompts_per_step = cfg.train_batch_size_tokens // cfg.context_size
+        self.micro_batch = prompts_per_step // self.e2e.gradient_accumulation_steps
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self.log_every = max(1, cfg.logger.wandb_log_frequency)
+        self.eval_every = self.log_every * max(1, cfg.logger.eval_every_n_wandb_logs)
+
+    # -- one optimiser step ---------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """Accumulate gradients over micro-batches, clip, step Adam and the LR schedule."""
+        accum = self.e2e.gradient_accumulation_steps
+        all_terms = self._is_log_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for _ in range(accum):
+            tokens = self.tokens.next(self.micro_batch)
+            with self._autocast():
+                terms = compute_loss_terms(
+                    self.model, self.saes, tokens, self.e2e, all_terms=all_terms
+                )
+            self._check_finite(terms)
+            (terms["loss"] / accum).backward()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.item() / accum
+        if self.e2e.grad_clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.e2e.grad_clip_norm)
+            totals["grad_norm"] = norm.item()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return totals
+
+    def _check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
+        if torch.isfinite(terms["loss"]).item():
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        values = {k: float(v) for k, v in terms.items() if "/" not in k}
+        where = self.last_checkpoint or "none written yet"
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.step + 1}: {values}; "
+            f"stopped before updating the weights; last good checkpoint: {where}"
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        device = torch.device(self.cfg.device)
+        if self.cfg.autocast and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _is_log_step(self) -> bool:
+        return (self.step + 1) % self.log_every == 0 or self.step + 1 == self.total_steps
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to `total_training_steps`, logging, evaluating and checkpointing on the way."""
+        checkpoint_every = self._checkpoint_every()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"e2e[{self.e2e.strategy}]")
+        while self.step < self.total_steps:
+            terms = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4g}", l0=f"{terms['l0']:.1f}", refresh=False)
+            if self.step % self.log_every == 0 or self.step == self.total_steps:
+                self._log({f"losses/{k}": v for k, v in terms.items()})
+            if self.evaluator is not None and self.step % self.eval_every == 0:
+                self._log({f"eval/{k}": v for k, v in self.evaluator().items()})
+            if checkpoint_every and self.step % checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return dict(self.saes)
+
+    def _checkpoint_every(self) -> int:
+        n = self.cfg.n_checkpoints
+        if self.cfg.checkpoint_path is None or n <= 0:
+            return 0
+        return max(1, self.total_steps // n)
+
+    def _log(self, values: Mapping[str, Any]) -> None:
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        scalars["details/current_learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        scalars["details/n_training_tokens"] = self.tokens.n_sequences * self.cfg.context_size
+        if self.cfg.logger.log_to_wandb:
+            import wandb
+
+            wandb.log(scalars, step=self.step)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, root: str | Path | None = None) -> Path:
+        """Write `<root>/step_<n>/` atomically: built under a temporary name, then renamed."""
+        root = Path(root or self.cfg.checkpoint_path or "checkpoints")
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"{CHECKPOINT_PREFIX}{self.step:09d}"
+        tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            for hook, sae in self.saes.items():
+                sae.save_model(tmp / "saes" / hook)
+            state = {
+                "step": self.step,
+                "n_sequences": self.tokens.n_sequences,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+            }
+            torch.save(state, tmp / TRAINER_STATE_FILENAME)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.last_checkpoint = final
+        return final
+
+    def load_checkpoint(self, path: str | Path) -> Path:
+        """Restore weights, optimiser, schedule, step and data position from a checkpoint."""
+        path = resolve_checkpoint(path)
+        for hook, sae in self.saes.items():
+            weights = path / "saes" / hook / SAE_WEIGHTS_FILENAME
+            if not weights.is_file():
+                raise FileNotFoundError(f"checkpoint {path} has no weights for SAE at {hook!r}")
+            sae.load_state_dict(load_file(weights, device=str(sae.W_enc.device)))
+        state = torch.load(path / TRAINER_STATE_FILENAME, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.tokens.skip(int(state["n_sequences"]) - self.tokens.n_sequences)
+        self.last_checkpoint = path
+        return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or the newest complete `step_*` directory inside `path`."""
+    path = Path(path)
+    if (path / TRAINER_STATE_FILENAME).is_file():
+        return path
+    candidates = sorted(
+        p
+        for p in path.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir() and (p / TRAINER_STATE_FILENAME).is_file()
+    )
+    if not candidates:
+        raise FileNotFoundError(f"no complete checkpoint (with {TRAINER_STATE_FILENAME}) in {path}")
+    return candidates[-1]

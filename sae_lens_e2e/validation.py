@@ -1,0 +1,109 @@
+"""Checks run before any training work starts, each failing with the offending field/value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from sae_lens.config import LanguageModelSAERunnerConfig
+from transformer_lens import HookedTransformer
+
+from sae_lens_e2e.config import E2ETrainingMixin
+from sae_lens_e2e.splice import hook_layer
+
+
+def sae_hook_names(cfg: LanguageModelSAERunnerConfig[Any]) -> list[str]:
+    """The run's SAE positions: `hook_name` plus the e2e config's additional ones."""
+    e2e: E2ETrainingMixin = cfg.sae  # type: ignore[assignment]
+    names = [cfg.hook_name, *e2e.additional_hook_names]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ValueError(f"SAE hook names listed twice: {sorted(duplicates)}")
+    return names
+
+
+def validate_run(
+    cfg: LanguageModelSAERunnerConfig[Any], model: Any, downstream_hooks: Sequence[str]
+) -> None:
+    """Everything that can be checked from the config and the model, before any data."""
+    e2e: E2ETrainingMixin = cfg.sae  # type: ignore[assignment]
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(
+            f"e2e training needs a TransformerLens HookedTransformer (start_at_layer); "
+            f"got {type(model).__name__}"
+        )
+    if e2e.strategy != "local" and (
+        getattr(model, "unembed", None) is None or getattr(model.cfg, "d_vocab_out", 0) <= 0
+    ):
+        raise ValueError(
+            f"strategy={e2e.strategy!r} needs a model that produces logits; "
+            f"{model.cfg.model_name!r} has no unembedding"
+        )
+    if model.cfg.positional_embedding_type == "shortformer":
+        raise ValueError("shortformer positional embeddings cannot start mid-model; unsupported")
+    if cfg.context_size > model.cfg.n_ctx:
+        raise ValueError(
+            f"context_size={cfg.context_size} exceeds the model's n_ctx={model.cfg.n_ctx}"
+        )
+    _validate_batching(cfg, e2e)
+    hooks = sae_hook_names(cfg)
+    for name in [*hooks, *downstream_hooks]:
+        if name not in model.hook_dict:
+            raise ValueError(f"unknown hook name {name!r} for model {model.cfg.model_name!r}")
+        hook_layer(name)
+    if e2e.strategy == "e2e_ds" and not downstream_hooks:
+        raise ValueError(
+            "strategy='e2e_ds' needs downstream hooks, but the last SAE is in the last block; "
+            "set downstream_hooks or use strategy='e2e'"
+        )
+    _validate_shapes_and_order(cfg, model, hooks, list(downstream_hooks))
+
+
+def _validate_batching(cfg: LanguageModelSAERunnerConfig[Any], e2e: E2ETrainingMixin) -> None:
+    prompts, rest = divmod(cfg.train_batch_size_tokens, cfg.context_size)
+    if rest or prompts == 0:
+        raise ValueError(
+            f"train_batch_size_tokens={cfg.train_batch_size_tokens} must be a positive multiple "
+            f"of context_size={cfg.context_size} (e2e trains on whole sequences)"
+        )
+    if prompts % e2e.gradient_accumulation_steps:
+        raise ValueError(
+            f"{prompts} sequences per step cannot be split into "
+            f"gradient_accumulation_steps={e2e.gradient_accumulation_steps} equal micro-batches"
+        )
+    if cfg.total_training_steps < 1:
+        raise ValueError(
+            f"training_tokens={cfg.training_tokens} is less than one step of "
+            f"train_batch_size_tokens={cfg.train_batch_size_tokens}"
+        )
+
+
+@torch.no_grad()
+def _validate_shapes_and_order(
+    cfg: LanguageModelSAERunnerConfig[Any],
+    model: HookedTransformer,
+    hooks: list[str],
+    downstream: list[str],
+) -> None:
+    """A 2-token probe run gives each hook's width and the order hooks fire in."""
+    order: list[str] = []
+    widths: dict[str, int] = {}
+
+    def record(act: torch.Tensor, hook: Any) -> None:
+        order.append(hook.name)
+        widths[hook.name] = act.shape[-1] if act.ndim == 3 else -act.ndim
+
+    probe = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
+    model.run_with_hooks(probe, fwd_hooks=[(h, record) for h in {*hooks, *downstream}])
+    d_in = cfg.sae.d_in
+    for h in hooks:
+        if widths[h] != d_in:
+            shape = f"width {widths[h]}" if widths[h] > 0 else f"{-widths[h]}-D activations"
+            raise ValueError(f"d_in={d_in} does not match hook {h!r}, which has {shape}")
+    last_sae = max(order.index(h) for h in hooks)
+    for h in downstream:
+        if order.index(h) <= last_sae:
+            raise ValueError(
+                f"downstream hook {h!r} is not after the last SAE hook {order[last_sae]!r}"
+            )
