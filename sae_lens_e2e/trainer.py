@@ -115,7 +115,7 @@ class E2ETrainer:
         if torch.isfinite(terms["loss"]).item():
             return
         self.optimizer.zero_grad(set_to_none=True)
-        values = {k: float(v) for k, v in terms.items() if "/" not in k}
+        values = {k: v.item() for k, v in terms.items() if "/" not in k}
         where = self.last_checkpoint or "none written yet"
         raise NonFiniteLossError(
             f"non-finite loss at step {self.step + 1}: {values}; "

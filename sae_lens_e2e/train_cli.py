@@ -1,0 +1,105 @@
+"""`sae-lens-e2e train CONFIG.yaml`: a LanguageModelSAERunnerConfig written as YAML."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens.registry import get_sae_training_class
+
+from sae_lens_e2e.sae import _ARCHITECTURES, register_e2e_architectures
+
+EXAMPLE = """\
+example CONFIG.yaml (every field of SAELens's LanguageModelSAERunnerConfig may appear):
+
+  model_name: gpt2
+  hook_name: blocks.6.hook_resid_pre
+  dataset_path: apollo-research/Skylion007-openwebtext-tokenizer-gpt2
+  context_size: 1024
+  train_batch_size_tokens: 8192
+  training_tokens: 409600000
+  lr: 5.0e-4
+  lr_scheduler_name: cosineannealing
+  sae:
+    architecture: e2e_standard      # or e2e_topk (then give k)
+    d_in: 768
+    d_sae: 46080
+    strategy: e2e_ds                # local | e2e | e2e_ds
+    l1_coefficient: 50.0            # the paper's lambda
+  logger:
+    log_to_wandb: false
+"""
+
+
+def _check_keys(section: str, given: dict[str, Any], cls: type) -> None:
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ValueError(f"{section}: unknown field(s) {unknown} for {cls.__name__}")
+
+
+def runner_config_from_dict(raw: dict[str, Any], source: str = "config") -> LanguageModelSAERunnerConfig[Any]:
+    """Build the runner config, rejecting unknown fields (typos) with the section named."""
+    register_e2e_architectures()
+    raw = dict(raw)
+    sae = dict(raw.pop("sae", None) or {})
+    architecture = sae.pop("architecture", "e2e_standard")
+    if architecture not in _ARCHITECTURES:
+        raise ValueError(
+            f"{source}: sae.architecture={architecture!r} is not one of {sorted(_ARCHITECTURES)}"
+        )
+    sae_cfg_class = get_sae_training_class(architecture)[1]
+    _check_keys(f"{source}: sae", sae, sae_cfg_class)
+    logger = dict(raw.pop("logger", None) or {})
+    _check_keys(f"{source}: logger", logger, LoggingConfig)
+    _check_keys(source, raw, LanguageModelSAERunnerConfig)
+    if "seqpos_slice" in raw:
+        raw["seqpos_slice"] = tuple(raw["seqpos_slice"])
+    try:
+        return LanguageModelSAERunnerConfig(
+            sae=sae_cfg_class(**sae), logger=LoggingConfig(**logger), **raw
+        )
+    except TypeError as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
+def load_runner_config(path: str | Path) -> LanguageModelSAERunnerConfig[Any]:
+    """Read a YAML run config; errors name the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read config {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
+    return runner_config_from_dict(raw, source=str(path))
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train e2e SAEs from a YAML config",
+        description="Train SAEs end-to-end (local, e2e or e2e_ds) from a YAML run config.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="YAML file with LanguageModelSAERunnerConfig fields")
+    parser.add_argument("--resume", metavar="CHECKPOINT", help="checkpoint dir (or its parent)")
+    parser.add_argument("--output", metavar="DIR", help="override output_path")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae_lens_e2e.runner import E2ESAETrainingRunner
+
+    cfg = load_runner_config(args.config)
+    if args.resume:
+        cfg.resume_from_checkpoint = args.resume
+    if args.output:
+        cfg.output_path = args.output
+    E2ESAETrainingRunner(cfg).run()
+    return 0

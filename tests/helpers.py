@@ -1,0 +1,56 @@
+"""Builders shared by the training tests (offline, tiny, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+from sae_lens_e2e import E2EStandardTrainingSAEConfig, E2ETopKTrainingSAEConfig
+
+
+def runner_config(
+    tmp_path: Path,
+    *,
+    strategy: str = "e2e",
+    architecture: str = "standard",
+    hook_name: str = "blocks.1.hook_resid_pre",
+    d_in: int = 16,
+    steps: int = 20,
+    sae: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> LanguageModelSAERunnerConfig[Any]:
+    sae_kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": 64, "strategy": strategy, **(sae or {})}
+    if architecture == "standard":
+        sae_kwargs.setdefault("l1_coefficient", 0.5)
+        sae_cfg: Any = E2EStandardTrainingSAEConfig(**sae_kwargs)
+    else:
+        sae_kwargs.setdefault("k", 8)
+        sae_cfg = E2ETopKTrainingSAEConfig(**sae_kwargs)
+    fields: dict[str, Any] = dict(
+        model_name="tiny-test-model",
+        hook_name=hook_name,
+        dataset_path="",
+        is_dataset_tokenized=True,
+        prepend_bos=False,
+        streaming=False,
+        context_size=16,
+        train_batch_size_tokens=64,
+        training_tokens=64 * steps,
+        store_batch_size_prompts=4,
+        n_eval_batches=2,
+        lr=1e-2,
+        lr_scheduler_name="cosineannealing",
+        lr_warm_up_steps=2,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(tmp_path / "out"),
+        checkpoint_path=str(tmp_path / "ckpt"),
+        verbose=False,
+        device="cpu",
+        seed=0,
+    )
+    fields.update(overrides)
+    cfg = LanguageModelSAERunnerConfig(sae=sae_cfg, **fields)
+    cfg.checkpoint_path = fields["checkpoint_path"]  # SAELens appends a random id; pin it
+    return cfg
