@@ -8,8 +8,23 @@ from sae_lens_e2e.config import (
     E2ETopKTrainingSAEConfig,
     LossCoefficients,
 )
+from sae_lens_e2e.convert import (
+    E2EConversionError,
+    UnsafeCheckpointError,
+    convert_checkpoint,
+    export_reference_checkpoint,
+    saelens_to_reference,
+)
 from sae_lens_e2e.evaluation import evaluate, evaluate_many
 from sae_lens_e2e.losses import compute_loss_terms
+from sae_lens_e2e.pretrained import (
+    e2e_converter,
+    hf_converter,
+    list_paper_saes,
+    load_e2e_sae,
+    push_to_hub,
+    wandb_converter,
+)
 from sae_lens_e2e.runner import E2ESAETrainingRunner
 from sae_lens_e2e.sae import E2EStandardTrainingSAE, E2ETopKTrainingSAE, register_e2e_architectures
 from sae_lens_e2e.trainer import E2ETrainer, NonFiniteLossError
@@ -17,6 +32,17 @@ from sae_lens_e2e.trainer import E2ETrainer, NonFiniteLossError
 register_e2e_architectures()
 
 __all__ = [
+    "E2EConversionError",
+    "UnsafeCheckpointError",
+    "convert_checkpoint",
+    "e2e_converter",
+    "export_reference_checkpoint",
+    "hf_converter",
+    "list_paper_saes",
+    "load_e2e_sae",
+    "push_to_hub",
+    "saelens_to_reference",
+    "wandb_converter",
     "E2ESAETrainingRunner",
     "E2EStandardTrainingSAE",
     "E2EStandardTrainingSAEConfig",

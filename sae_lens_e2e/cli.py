@@ -10,6 +10,7 @@ import sys
 # `func(args) -> int` as its default.
 SUBCOMMAND_MODULES = [
     "sae_lens_e2e.train_cli",
+    "sae_lens_e2e.convert_cli",
 ]
 
 
@@ -30,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        # Bad input: a clear one-line message, no traceback, non-zero exit.
+        print(f"sae-lens-e2e {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

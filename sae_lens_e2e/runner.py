@@ -5,20 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
 from sae_lens.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
 from sae_lens.load_model import load_model
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.training.activations_store import ActivationsStore
+from safetensors.torch import save_file
 
+from sae_lens_e2e.atomic import atomic_directory
 from sae_lens_e2e.evaluation import evaluate
 from sae_lens_e2e.losses import as_e2e_config, downstream_hooks
 from sae_lens_e2e.sae import register_e2e_architectures
@@ -71,15 +70,15 @@ class E2ESAETrainingRunner:
             **self.cfg.sae.metadata.to_dict()
             | dict(
                 model_name=self.cfg.model_name,
-            model_class_name=self.cfg.model_class_name,
-            hook_name=hook,
-            hook_head_index=self.cfg.hook_head_index,
-            context_size=self.cfg.context_size,
-            prepend_bos=self.cfg.prepend_bos,
-            dataset_path=self.cfg.dataset_path,
-            model_from_pretrained_kwargs=self.cfg.model_from_pretrained_kwargs or {},
-            sequence_separator_token=self.cfg.sequence_separator_token,
-            disable_concat_sequences=self.cfg.disable_concat_sequences,
+                model_class_name=self.cfg.model_class_name,
+                hook_name=hook,
+                hook_head_index=self.cfg.hook_head_index,
+                context_size=self.cfg.context_size,
+                prepend_bos=self.cfg.prepend_bos,
+                dataset_path=self.cfg.dataset_path,
+                model_from_pretrained_kwargs=self.cfg.model_from_pretrained_kwargs or {},
+                sequence_separator_token=self.cfg.sequence_separator_token,
+                disable_concat_sequences=self.cfg.disable_concat_sequences,
                 exclude_special_tokens=self.cfg.exclude_special_tokens,
             )
         )
@@ -152,9 +151,7 @@ class E2ESAETrainingRunner:
 
     def save(self, output_path: Path, results: dict[str, Any]) -> Path:
         """One stock SAELens folder per SAE (`<output>/<hook>/`), written atomically."""
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output_path.parent / f".{output_path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_directory(output_path) as tmp:
             for hook, sae in self.saes.items():
                 sae.save_inference_model(tmp / hook)
                 density = results[f"log10_feature_density/{hook}"]
@@ -162,19 +159,7 @@ class E2ESAETrainingRunner:
             (tmp / RUNNER_CFG_FILENAME).write_text(json.dumps(self.cfg.to_dict(), default=str))
             scalars = {k: v for k, v in results.items() if not isinstance(v, torch.Tensor)}
             (tmp / EVAL_RESULTS_FILENAME).write_text(json.dumps(scalars, indent=2))
-            _replace_dir(tmp, output_path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return output_path
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Swap `src` into `dst`; the old `dst` is removed only once the new one is in place."""
-    old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-    if dst.exists():
-        dst.rename(old)
-    src.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def format_summary(results: dict[str, Any], strategy: str) -> str:
@@ -189,5 +174,7 @@ def format_summary(results: dict[str, Any], strategy: str) -> str:
     ]
     for key, value in results.items():
         if key.startswith(("l0/", "alive/", "explained_variance/")):
-            lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+            lines.append(
+                f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}"
+            )
     return "\n".join(lines)

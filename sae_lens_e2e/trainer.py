@@ -7,20 +7,19 @@ clip -> Adam -> LR schedule.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from sae_lens.training.optim import get_lr_scheduler
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from sae_lens_e2e.atomic import atomic_directory
 from sae_lens_e2e.losses import as_e2e_config, compute_loss_terms
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
@@ -170,8 +169,7 @@ class E2ETrainer:
         root = Path(root or self.cfg.checkpoint_path or "checkpoints")
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"{CHECKPOINT_PREFIX}{self.step:09d}"
-        tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_directory(final) as tmp:
             for hook, sae in self.saes.items():
                 sae.save_model(tmp / "saes" / hook)
             state = {
@@ -181,11 +179,6 @@ class E2ETrainer:
                 "scheduler": self.scheduler.state_dict(),
             }
             torch.save(state, tmp / TRAINER_STATE_FILENAME)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         self.last_checkpoint = final
         return final
 

@@ -1,0 +1,116 @@
+"""`sae-lens-e2e convert` and `sae-lens-e2e export`: reference e2e checkpoints <-> SAELens."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+CONVERT_EPILOG = textwrap.dedent(
+    """\
+    SOURCE is one of:
+      CHECKPOINT.pt                       a local reference checkpoint; its config is --config,
+                                          else final_config.yaml or CHECKPOINT.yaml beside it
+      wandb:ENTITY/PROJECT/RUN_ID         the run's highest samples_<N>.pt + final_config.yaml
+                                          (e.g. wandb:sparsify/gpt2/tvj2owza)
+      hf:ORG/REPO/STEM                    STEM.pt + STEM.yaml on the Hugging Face hub, e.g.
+                                          hf:apollo-research/e2e-saes-gpt2/e2e_similar_ce_layer_6
+      paper:TYPE/LAYER[/SELECTION]        a paper SAE by name, from wandb
+                                          (e.g. paper:e2e/6/similar_ce; TYPE local|e2e|e2e+ds)
+
+    Writes OUT/<hook_name>/cfg.json + sae_weights.safetensors for every SAE in the checkpoint,
+    loadable with sae_lens.SAE.load_from_disk. Offline: --local-dir DIR holding the files.
+    """
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `convert` (reference -> SAELens) and `export` (SAELens -> reference)."""
+    _add_convert(subparsers)
+    _add_export(subparsers)
+
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a published / reference e2e SAE checkpoint to SAELens folders",
+        description="Convert an e2e_sae checkpoint (local, wandb or Hugging Face) to SAELens.",
+        epilog=CONVERT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source", metavar="SOURCE", help="checkpoint path, wandb:..., hf:... or paper:..."
+    )
+    p.add_argument("--out", required=True, type=Path, help="output directory (must be new/empty)")
+    p.add_argument("--config", type=Path, help="final_config.yaml for a local checkpoint")
+    p.add_argument("--local-dir", type=Path, help="already-downloaded run files (no network)")
+    p.add_argument("--cache-dir", type=Path, help="download cache (default $SAE_LENS_E2E_CACHE "
+                   "or ~/.cache/sae_lens_e2e)")  # fmt: skip
+    p.add_argument("--force-download", action="store_true", help="ignore cached downloads")
+    p.add_argument("--model-name", help="override metadata.model_name (default tlens_model_name)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also upload each SAE to this HF repo")
+    p.add_argument("--hub-prefix", default="", help="folder in the repo to put the SAEs under")
+    p.add_argument("--private", action="store_true", help="create the hub repo as private")
+    p.set_defaults(func=run_convert)
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export SAELens SAE folders to the reference e2e_sae state-dict format",
+        description="Write SAELens standard SAE(s) as a reference .pt state dict plus a "
+        "final_config.yaml, loadable by e2e_sae's SAETransformer.from_local_path.",
+    )
+    p.add_argument("sae_dirs", nargs="+", type=Path, metavar="SAE_DIR", help="SAELens folder(s)")
+    p.add_argument("--out", required=True, type=Path, help="output .pt (e.g. samples_0.pt)")
+    p.add_argument("--config-out", type=Path, help="config path (default: final_config.yaml "
+                   "beside --out)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=run_export)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from sae_lens_e2e.convert import E2EConversionError
+    from sae_lens_e2e.pretrained import convert_source, push_to_hub
+
+    try:
+        written = convert_source(
+            args.source, args.out, config=args.config, cache_dir=args.cache_dir,
+            local_dir=args.local_dir, force_download=args.force_download,
+            model_name=args.model_name, overwrite=args.overwrite,
+        )  # fmt: skip
+        for hook, folder in written.items():
+            print(f"{hook}: {folder}")
+            if args.push_to_hub:
+                path = f"{args.hub_prefix.strip('/')}/{hook}".strip("/")
+                sae_id = push_to_hub(folder, args.push_to_hub, path_in_repo=path,
+                                     private=args.private or None)  # fmt: skip
+                print(f"  pushed: SAE.from_pretrained({args.push_to_hub!r}, {sae_id!r})")
+    except E2EConversionError as e:
+        return _fail(str(e))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from sae_lens import SAE
+
+    from sae_lens_e2e.convert import E2EConversionError, export_reference_checkpoint
+
+    try:
+        saes = []
+        for d in args.sae_dirs:
+            if not (d / "cfg.json").is_file():
+                raise E2EConversionError(f"{d}: not a SAELens folder (no cfg.json)")
+            saes.append(SAE.load_from_disk(d))
+        pt, cfg = export_reference_checkpoint(saes, args.out, args.config_out, args.overwrite)
+    except E2EConversionError as e:
+        return _fail(str(e))
+    print(f"wrote {pt} and {cfg}")
+    return 0

@@ -1,0 +1,403 @@
+"""Reference e2e_sae checkpoints <-> SAELens folders: numerics, validation, atomic writes, CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from sae_lens import SAE
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+from sae_lens_e2e import convert as conv
+from sae_lens_e2e.cli import main
+from sae_lens_e2e.convert import E2EConversionError, UnsafeCheckpointError
+
+pytestmark = pytest.mark.filterwarnings("ignore:\\s*This SAE has non-empty")
+
+D_IN, RATIO = 16, 4
+D_SAE = D_IN * RATIO
+
+
+# ------------------------------------------------------------------ reference-layout builders
+
+
+def make_reference_sd(
+    hooks: list[str], *, normalized: bool = False, prefixed: bool = True, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random weights in the exact reference ModuleDict layout ('.' -> '-' in hook names)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for hook in hooks:
+        p = hook.replace(".", "-") + "." if prefixed else ""
+        dec = torch.randn(D_IN, D_SAE, generator=g) * (0.1 + 3 * torch.rand(D_SAE, generator=g))
+        sd[p + "encoder.0.weight"] = torch.randn(D_SAE, D_IN, generator=g) / D_IN**0.5
+        sd[p + "encoder.0.bias"] = torch.randn(D_SAE, generator=g) * 0.1
+        sd[p + "decoder.weight"] = F.normalize(dec, dim=0) if normalized else dec
+        sd[p + "decoder.bias"] = torch.randn(D_IN, generator=g)
+    return sd
+
+
+def make_reference_config(positions: Any, **extra: Any) -> dict[str, Any]:
+    """A final_config.yaml as the reference writes it (subset), plus old-run extra keys."""
+    return {
+        "wandb_project": "gpt2",
+        "seed": 0,
+        "tlens_model_name": "gpt2",
+        "tlens_model_path": None,
+        "n_samples": 400_000,
+        "loss": {"sparsity": {"p_norm": 1.0, "coeff": 1.5}, "logits_kl": {"coeff": 1.0}},
+        "train_data": {"dataset_name": "apollo-research/owt-gpt2", "n_ctx": 1024},
+        "saes": {"sae_positions": positions, "dict_size_to_input_ratio": float(RATIO)},
+        "type_of_sparsifier": "sae",
+        "k": None,
+        **extra,
+    }
+
+
+def write_checkpoint(
+    directory: Path, sd: dict, config: dict | str, name: str = "samples_400000.pt"
+) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    ckpt, cfg = directory / name, directory / "final_config.yaml"
+    torch.save(sd, ckpt)
+    cfg.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    return ckpt, cfg
+
+
+def reference_forward(sd: dict, prefix: str, x: torch.Tensor) -> torch.Tensor:
+    """What e2e_sae's SAE.forward computes: ReLU encoder, decoder normalised per column."""
+    c = F.relu(F.linear(x, sd[prefix + "encoder.0.weight"], sd[prefix + "encoder.0.bias"]))
+    dict_elements = F.normalize(sd[prefix + "decoder.weight"], dim=0)
+    return F.linear(c, dict_elements, sd[prefix + "decoder.bias"])
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------ reference -> SAELens
+
+
+def test_convert_matches_reference_forward(tmp_path: Path) -> None:
+    hook = "blocks.6.hook_resid_pre"
+    sd = make_reference_sd([hook])
+    ckpt, cfg = write_checkpoint(tmp_path / "run", sd, make_reference_config(hook))
+    written = conv.convert_checkpoint(ckpt, cfg, tmp_path / "out")
+    assert written == {hook: (tmp_path / "out" / hook).absolute()}
+
+    sae = SAE.load_from_disk(written[hook])
+    x = torch.randn(32, D_IN) * 3
+    assert rel_err(sae(x), reference_forward(sd, "blocks-6-hook_resid_pre.", x)) < 1e-6
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
+
+    cfg_json = json.loads((written[hook] / "cfg.json").read_text())
+    assert cfg_json["architecture"] == "standard"
+    assert cfg_json["apply_b_dec_to_input"] is False
+    assert cfg_json["normalize_activations"] == "none"
+    assert (cfg_json["d_in"], cfg_json["d_sae"]) == (D_IN, D_SAE)
+    meta = cfg_json["metadata"]
+    assert meta["hook_name"] == hook and meta["model_name"] == "gpt2"
+    assert meta["e2e_source"]["sha256"] == conv.file_sha256(ckpt)
+    assert meta["model_from_pretrained_kwargs"] == conv.TLENS_DEFAULT_PROCESSING
+    assert meta["prepend_bos"] is False and meta["context_size"] == 1024
+    assert sae.cfg.metadata.hook_name == hook
+
+
+def test_multi_position_checkpoint_writes_one_folder_each(tmp_path: Path) -> None:
+    hooks = ["blocks.2.hook_resid_pre", "blocks.6.hook_resid_pre"]
+    sd = make_reference_sd(hooks, seed=1)
+    ckpt, cfg = write_checkpoint(tmp_path, sd, make_reference_config("hook_resid_pre"))
+    written = conv.convert_checkpoint(ckpt, cfg, tmp_path / "out")
+    assert sorted(written) == hooks
+    x = torch.randn(8, D_IN)
+    for hook in hooks:
+        sae = SAE.load_from_disk(written[hook])
+        ref = reference_forward(sd, hook.replace(".", "-") + ".", x)
+        assert rel_err(sae(x), ref) < 1e-6
+
+
+@pytest.mark.parametrize("prefixed", [True, False])
+def test_hf_variant_with_normalised_decoder(tmp_path: Path, prefixed: bool) -> None:
+    hook = "blocks.10.hook_resid_pre"
+    sd = make_reference_sd([hook], normalized=True, prefixed=prefixed, seed=2)
+    torch.save(sd, tmp_path / "e2e_similar_ce_layer_10.pt")
+    (tmp_path / "e2e_similar_ce_layer_10.yaml").write_text(
+        yaml.safe_dump(make_reference_config([hook]))
+    )
+    converted = conv.convert_reference_checkpoint(
+        tmp_path / "e2e_similar_ce_layer_10.pt", tmp_path / "e2e_similar_ce_layer_10.yaml"
+    )
+    (cfg, weights) = converted[hook]
+    prefix = "blocks-10-hook_resid_pre." if prefixed else ""
+    torch.testing.assert_close(weights["W_dec"], sd[prefix + "decoder.weight"].T)
+    assert cfg["metadata"]["hook_name"] == hook
+
+
+def test_zero_decoder_column_matches_reference(tmp_path: Path) -> None:
+    hook = "blocks.6.hook_resid_pre"
+    sd = make_reference_sd([hook])
+    sd["blocks-6-hook_resid_pre.decoder.weight"][:, :3] = 0.0
+    ckpt, cfg = write_checkpoint(tmp_path, sd, make_reference_config(hook))
+    sae = SAE.load_from_disk(conv.convert_checkpoint(ckpt, cfg, tmp_path / "o")[hook])
+    x = torch.randn(8, D_IN)
+    assert rel_err(sae(x), reference_forward(sd, "blocks-6-hook_resid_pre.", x)) < 1e-6
+
+
+# ------------------------------------------------------------------ safety and bad input
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # executed by an unsafe unpickler: creates the marker file
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_malicious_pickle_is_refused_not_executed(tmp_path: Path, writer: str) -> None:
+    marker, ckpt = tmp_path / "pwned", tmp_path / "samples_1.pt"
+    payload = {"blocks-6-hook_resid_pre.encoder.0.weight": _Exploit(marker)}
+    if writer == "torch":
+        torch.save(payload, ckpt)
+    else:
+        ckpt.write_bytes(pickle.dumps(payload, protocol=2))
+    cfg = tmp_path / "final_config.yaml"
+    cfg.write_text(yaml.safe_dump(make_reference_config("blocks.6.hook_resid_pre")))
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        conv.convert_checkpoint(ckpt, cfg, tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+HOOK = "blocks.6.hook_resid_pre"
+P = "blocks-6-hook_resid_pre."
+
+
+def _drop(sd: dict) -> None:
+    del sd[P + "decoder.bias"]
+
+
+def _extra(sd: dict) -> None:
+    sd[P + "decoder.scale"] = torch.ones(3)
+
+
+def _bad_dec(sd: dict) -> None:
+    sd[P + "decoder.weight"] = torch.randn(D_IN, D_SAE + 1)
+
+
+def _bad_bias(sd: dict) -> None:
+    sd[P + "encoder.0.bias"] = torch.randn(D_SAE - 1)
+
+
+def _nan(sd: dict) -> None:
+    sd[P + "encoder.0.weight"][0, 0] = float("nan")
+
+
+def _inf(sd: dict) -> None:
+    sd[P + "decoder.bias"][1] = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "config", "match"),
+    [
+        (_drop, None, r"missing key\(s\) \['blocks-6-hook_resid_pre.decoder.bias'\]"),
+        (_extra, None, r"unexpected key\(s\) \['blocks-6-hook_resid_pre.decoder.scale'\]"),
+        (
+            _bad_dec,
+            None,
+            r"'blocks-6-hook_resid_pre.decoder.weight' has shape \(16, 65\), "
+            r"expected \(16, 64\)",
+        ),  # fmt: skip
+        (_bad_bias, None, r"encoder.0.bias' has shape \(63,\), expected \(64,\)"),
+        (_nan, None, r"encoder.0.weight' has 1 NaN/Inf"),
+        (_inf, None, r"decoder.bias' has 1 NaN/Inf"),
+        (None, make_reference_config("blocks.7.hook_resid_pre"), "matches no key"),
+        (None, make_reference_config(["blocks.6", "hook_mlp_out"]), "'hook_mlp_out' matches no"),
+        (
+            None,
+            make_reference_config(
+                "blocks.6", saes={"sae_positions": HOOK, "dict_size_to_input_ratio": 3.0}
+            ),
+            r"dict_size_to_input_ratio=3.0",
+        ),  # fmt: skip
+        (None, "saes: [unclosed\n", "cannot read the config yaml"),
+        (None, "- just\n- a list\n", "expected a yaml mapping"),
+    ],
+)
+def test_bad_input_clear_error_and_no_output(tmp_path: Path, mutate, config, match) -> None:
+    sd = make_reference_sd([HOOK])
+    if mutate:
+        mutate(sd)
+    ckpt, cfg = write_checkpoint(tmp_path / "run", sd, config or make_reference_config(HOOK))
+    out = tmp_path / "out" / "nested"
+    with pytest.raises(E2EConversionError, match=match) as info:
+        conv.convert_checkpoint(ckpt, cfg, out)
+    assert str(ckpt) in str(info.value) or str(cfg) in str(info.value)
+    assert not out.exists()
+    assert not (tmp_path / "out").exists() or not leftovers(tmp_path / "out")
+
+
+def test_extra_sae_not_selected_by_config(tmp_path: Path) -> None:
+    sd = make_reference_sd(["blocks.2.hook_resid_pre", HOOK])
+    ckpt, cfg = write_checkpoint(tmp_path, sd, make_reference_config(HOOK))
+    with pytest.raises(E2EConversionError, match=r"extra key\(s\).*blocks.2.hook_resid_pre"):
+        conv.convert_reference_checkpoint(ckpt, cfg)
+
+
+def test_unreadable_checkpoint_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(make_reference_config(HOOK)))
+    with pytest.raises(E2EConversionError, match="bad.pt"):
+        conv.convert_reference_checkpoint(tmp_path / "bad.pt", cfg)
+    with pytest.raises(E2EConversionError, match="not found"):
+        conv.convert_reference_checkpoint(tmp_path / "missing.pt", cfg)
+
+
+def test_existing_output_refused_then_replaced_with_overwrite(tmp_path: Path) -> None:
+    ckpt, cfg = write_checkpoint(
+        tmp_path / "run", make_reference_sd([HOOK]), make_reference_config(HOOK)
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(E2EConversionError, match="not empty"):
+        conv.convert_checkpoint(ckpt, cfg, out)
+    assert (out / "keep.txt").exists()
+    conv.convert_checkpoint(ckpt, cfg, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [HOOK]
+    assert not leftovers(tmp_path)
+
+
+def test_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    sd = make_reference_sd(["blocks.2.hook_resid_pre", HOOK])
+    ckpt, cfg = write_checkpoint(tmp_path / "run", sd, make_reference_config("hook_resid_pre"))
+    calls = []
+
+    def failing_save(tensors, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        torch.save(tensors, path)
+
+    monkeypatch.setattr(conv, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        conv.convert_checkpoint(ckpt, cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not leftovers(tmp_path)
+
+
+# ------------------------------------------------------------------ SAELens -> reference
+
+
+def make_standard_sae(apply_b_dec: bool, seed: int = 0) -> StandardSAE:
+    torch.manual_seed(seed)
+    cfg = StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=apply_b_dec)
+    cfg.metadata.hook_name, cfg.metadata.model_name = HOOK, "gpt2"
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_()
+        sae.W_dec.mul_(torch.rand(D_SAE, 1) * 3)  # rows far from unit norm
+    return sae
+
+
+@pytest.mark.parametrize("apply_b_dec", [False, True])
+def test_export_is_exact_in_the_reference_forward(apply_b_dec: bool) -> None:
+    sae = make_standard_sae(apply_b_dec)
+    with pytest.warns(UserWarning, match="centred writing weights"):
+        sd, config = conv.saelens_to_reference(sae)
+    assert set(sd) == {P + s for s in conv.REFERENCE_SUFFIXES}
+    assert sd[P + "encoder.0.weight"].shape == (D_SAE, D_IN)
+    assert sd[P + "decoder.weight"].shape == (D_IN, D_SAE)
+    x = torch.randn(16, D_IN)
+    with torch.no_grad():
+        assert rel_err(reference_forward(sd, P, x), sae(x)) < 1e-5
+    assert config["saes"] == {
+        "sae_positions": [HOOK],
+        "dict_size_to_input_ratio": float(RATIO),
+        "pretrained_sae_paths": None,
+        "retrain_saes": False,
+    }
+    assert config["tlens_model_name"] == "gpt2"
+
+
+def test_round_trip_through_files(tmp_path: Path) -> None:
+    sd = make_reference_sd(["blocks.2.hook_resid_pre", HOOK], seed=3)
+    ckpt, cfg = write_checkpoint(tmp_path / "run", sd, make_reference_config("hook_resid_pre"))
+    written = conv.convert_checkpoint(ckpt, cfg, tmp_path / "sl")
+    saes = [SAE.load_from_disk(written[h]) for h in sorted(written)]
+    pt, yml = conv.export_reference_checkpoint(saes, tmp_path / "back" / "samples_0.pt")
+    assert yml == tmp_path / "back" / "final_config.yaml"
+    back = conv.load_reference_state_dict(pt)
+    assert set(back) == set(sd)
+    x = torch.randn(8, D_IN)
+    for hook in written:
+        prefix = hook.replace(".", "-") + "."
+        assert rel_err(reference_forward(back, prefix, x), reference_forward(sd, prefix, x)) < 1e-5
+    again = conv.convert_reference_checkpoint(pt, yml)  # the exported config converts again
+    assert sorted(again) == sorted(written)
+
+
+def test_export_refuses_what_the_reference_cannot_represent(tmp_path: Path) -> None:
+    topk = TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
+    topk.cfg.metadata.hook_name = HOOK
+    with pytest.raises(E2EConversionError, match="architecture 'topk'"):
+        conv.saelens_to_reference(topk)
+    normed = make_standard_sae(False)
+    normed.cfg.normalize_activations = "layer_norm"
+    with pytest.raises(E2EConversionError, match="normalize_activations='layer_norm'"):
+        conv.saelens_to_reference(normed)
+    nohook = make_standard_sae(False)
+    nohook.cfg.metadata.hook_name = None
+    with pytest.raises(E2EConversionError, match="hook_name"):
+        conv.saelens_to_reference(nohook)
+    with pytest.raises(E2EConversionError, match="share a hook name"):
+        conv.saelens_to_reference([make_standard_sae(False), make_standard_sae(False, 1)])
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_convert_and_export(tmp_path: Path, capsys) -> None:
+    sd = make_reference_sd([HOOK])
+    ckpt, cfg = write_checkpoint(tmp_path / "run", sd, make_reference_config(HOOK))
+    out = tmp_path / "out"
+    assert main(["convert", str(ckpt), "--out", str(out)]) == 0  # config found beside the .pt
+    assert HOOK in capsys.readouterr().out
+    assert (out / HOOK / "cfg.json").is_file()
+
+    with pytest.warns(UserWarning):
+        rc = main(["export", str(out / HOOK), "--out", str(tmp_path / "exp" / "samples_0.pt")])
+    assert rc == 0
+    assert (tmp_path / "exp" / "final_config.yaml").is_file()
+
+
+def test_cli_reports_bad_input(tmp_path: Path, capsys) -> None:
+    sd = make_reference_sd([HOOK])
+    _nan(sd)
+    ckpt, cfg = write_checkpoint(tmp_path, sd, make_reference_config(HOOK))
+    assert main(["convert", str(ckpt), "--config", str(cfg), "--out", str(tmp_path / "o")]) == 1
+    assert "NaN/Inf" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["convert", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 1
+
+
+def test_cli_help_lists_sources(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["convert", "--help"])
+    assert info.value.code == 0
+    assert "wandb:ENTITY/PROJECT/RUN_ID" in capsys.readouterr().out
