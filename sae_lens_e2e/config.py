@@ -93,7 +93,9 @@ class E2ETrainingMixin:
         return LossCoefficients(
             kl=kl if self.kl_coefficient is None else self.kl_coefficient,
             sparsity=self.sparsity_coefficient(),
-            out_to_in=out_to_in if self.out_to_in_coefficient is None else self.out_to_in_coefficient,
+            out_to_in=out_to_in
+            if self.out_to_in_coefficient is None
+            else self.out_to_in_coefficient,
             in_to_orig=in_to_orig
             if self.in_to_orig_coefficient is None
             else self.in_to_orig_coefficient,

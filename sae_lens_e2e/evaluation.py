@@ -102,8 +102,13 @@ def evaluate_many(
     `tokens` is [n_sequences, context]; held-out text is the caller's responsibility.
     """
     if tokens.ndim != 2 or tokens.shape[0] == 0:
-        raise ValueError(f"tokens must be a non-empty [n_sequences, context] tensor, got {tuple(tokens.shape)}")
-    accs = {label: _Accumulator({h: s.cfg.d_sae for h, s in saes.items()}) for label, saes in sae_sets.items()}
+        raise ValueError(
+            f"tokens must be a non-empty [n_sequences, context] tensor, got {tuple(tokens.shape)}"
+        )
+    accs = {
+        label: _Accumulator({h: s.cfg.d_sae for h, s in saes.items()})
+        for label, saes in sae_sets.items()
+    }
     ce_clean = 0.0
     batches = tokens.split(batch_size)
     for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
@@ -123,7 +128,9 @@ def evaluate(
     return evaluate_many(model, {"saes": saes}, tokens, **kwargs)["saes"]
 
 
-def _summarise(acc: _Accumulator, ce_clean: float, n_predicted: int, n_tokens: int) -> dict[str, Any]:
+def _summarise(
+    acc: _Accumulator, ce_clean: float, n_predicted: int, n_tokens: int
+) -> dict[str, Any]:
     ce_sae, ce_zero = acc.ce_sae / n_predicted, acc.ce_zero / n_predicted
     denom = ce_zero - ce_clean
     metrics: dict[str, Any] = {

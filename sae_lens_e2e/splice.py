@@ -80,7 +80,9 @@ def _cache_hook(act: torch.Tensor, hook: Any, *, store: dict[str, torch.Tensor],
     store[name] = act
 
 
-def _sae_hook(act: torch.Tensor, hook: Any, *, sae: Any, run: SplicedRun, name: str) -> torch.Tensor:
+def _sae_hook(
+    act: torch.Tensor, hook: Any, *, sae: Any, run: SplicedRun, name: str
+) -> torch.Tensor:
     feature_acts, sae_out = sae.e2e_forward(act)
     run.sae_in[name] = act
     run.sae_out[name] = sae_out

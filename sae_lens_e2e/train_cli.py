@@ -42,7 +42,9 @@ def _check_keys(section: str, given: dict[str, Any], cls: type) -> None:
         raise ValueError(f"{section}: unknown field(s) {unknown} for {cls.__name__}")
 
 
-def runner_config_from_dict(raw: dict[str, Any], source: str = "config") -> LanguageModelSAERunnerConfig[Any]:
+def runner_config_from_dict(
+    raw: dict[str, Any], source: str = "config"
+) -> LanguageModelSAERunnerConfig[Any]:
     """Build the runner config, rejecting unknown fields (typos) with the section named."""
     register_e2e_architectures()
     raw = dict(raw)

@@ -9,9 +9,15 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if not torch.cuda.is_available():
+    # Kernel tests run Triton's CPU interpreter; triton reads this when first imported (and
+    # sae_lens imports triton), so it must be set here, before any test module is collected.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def make_tiny_model(n_layers: int = 4, d_model: int = 16, d_vocab: int = 64, n_ctx: int = 32, seed: int = 0):
+def make_tiny_model(
+    n_layers: int = 4, d_model: int = 16, d_vocab: int = 64, n_ctx: int = 32, seed: int = 0
+):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     torch.manual_seed(seed)

@@ -96,13 +96,9 @@ def test_resume_equals_uninterrupted(tmp_path):
     full.run()
     midway = Path(full.cfg.checkpoint_path) / "step_000000006"
     assert midway.is_dir()
-    resumed = _runner(
-        runner_config(tmp_path / "b", steps=12, resume_from_checkpoint=str(midway))
-    )
+    resumed = _runner(runner_config(tmp_path / "b", steps=12, resume_from_checkpoint=str(midway)))
     resumed.run()
-    for a, b in zip(
-        full.saes[HOOK].parameters(), resumed.saes[HOOK].parameters(), strict=True
-    ):
+    for a, b in zip(full.saes[HOOK].parameters(), resumed.saes[HOOK].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
