@@ -14,15 +14,21 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from sae_lens_e2e import kernels
 from sae_lens_e2e.config import E2ETrainingMixin, LossCoefficients
 from sae_lens_e2e.splice import hook_layer, run_prefix, run_suffix
 
 
-def logits_kl(new_logits: torch.Tensor, orig_logits: torch.Tensor) -> torch.Tensor:
-    """Per-token mean of KL(P_orig || P_new) over flattened [tokens, vocab] logits."""
-    new = F.log_softmax(new_logits.flatten(0, -2).float(), dim=-1)
-    orig = F.log_softmax(orig_logits.detach().flatten(0, -2).float(), dim=-1)
-    return F.kl_div(new, orig, log_target=True, reduction="batchmean")
+def logits_kl(
+    new_logits: torch.Tensor, orig_logits: torch.Tensor, backend: str = "auto"
+) -> torch.Tensor:
+    """Per-token mean of KL(P_orig || P_new) over flattened [tokens, vocab] logits.
+
+    The fused kernel accumulates in fp32 itself; the PyTorch path gets fp32 copies.
+    """
+    if kernels.resolve_backend(backend, new_logits.device) == "torch":
+        new_logits, orig_logits = new_logits.float(), orig_logits.float()
+    return kernels.kl_div(new_logits, orig_logits.detach(), backend=backend).float()
 
 
 def sparsity_loss(feature_acts: torch.Tensor, p: float, d_in: int) -> torch.Tensor:
@@ -132,7 +138,7 @@ def compute_loss_terms(
         "in_to_orig": zero,
     }
     if clean is not None and need_logits:
-        terms["kl"] = logits_kl(spliced.logits, clean.logits)
+        terms["kl"] = logits_kl(spliced.logits, clean.logits, e2e_cfg.kernels)
     if clean is not None and need_downstream:
         in_to_orig = [mse(spliced.acts[h], clean.acts[h]) for h in plan.downstream_hooks]
         terms["in_to_orig"] = torch.stack(in_to_orig).mean()

@@ -17,6 +17,7 @@ from sae_lens.saes.standard_sae import StandardTrainingSAE
 from sae_lens.saes.topk_sae import TopK
 from torch import nn
 
+from sae_lens_e2e import kernels
 from sae_lens_e2e.config import E2EStandardTrainingSAEConfig, E2ETopKTrainingSAEConfig
 
 
@@ -48,8 +49,16 @@ class E2ESAEMixin:
     def e2e_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(feature_acts, sae_out) for x [..., d_in], through the configured kernel backend."""
         flat = x.reshape(-1, x.shape[-1]).to(self.W_enc.dtype)
-        acts = self.activation_fn(flat @ self.W_enc + self.b_enc)
-        out = self.decode(acts)
+        acts, out = kernels.sae_forward(
+            flat,
+            self.W_enc,
+            self.b_enc,
+            self.W_dec,
+            self.b_dec,
+            activation=self.activation_name,
+            k=getattr(self.cfg, "k", None),
+            backend=self.cfg.kernels,
+        )
         return acts.reshape(*x.shape[:-1], -1), out.reshape(x.shape)
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,85 @@
+"""`sae-lens-e2e train CONFIG.yaml`, offline: the model loader is replaced by a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_tiny_model, make_token_dataset
+from sae_lens import SAE
+
+from sae_lens_e2e import cli
+from sae_lens_e2e.train_cli import load_runner_config
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("gpt2_layer6_*.yaml"))
+
+
+def _write_config(tmp_path: Path, **changes) -> Path:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    make_token_dataset().to_parquet(str(data_dir / "train.parquet"))
+    cfg = {
+        "model_name": "tiny-test-model",
+        "hook_name": "blocks.1.hook_resid_pre",
+        "dataset_path": str(data_dir),
+        "is_dataset_tokenized": True,
+        "streaming": False,
+        "prepend_bos": False,
+        "context_size": 16,
+        "train_batch_size_tokens": 64,
+        "training_tokens": 64 * 5,
+        "store_batch_size_prompts": 4,
+        "n_eval_batches": 1,
+        "output_path": str(tmp_path / "out"),
+        "checkpoint_path": None,
+        "sae": {"d_in": 16, "d_sae": 32, "strategy": "e2e_ds", "l1_coefficient": 1.0},
+        "logger": {"log_to_wandb": False},
+    }
+    cfg.update(changes)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "CONFIG.yaml" in out and "strategy" in out
+
+
+def test_train_from_yaml(tmp_path, monkeypatch):
+    monkeypatch.setattr("sae_lens_e2e.runner.load_model", lambda *a, **k: make_tiny_model())
+    path = _write_config(tmp_path)
+    assert cli.main(["train", str(path)]) == 0
+    sae = SAE.load_from_disk(tmp_path / "out" / "blocks.1.hook_resid_pre")
+    assert sae.cfg.metadata.training_strategy == "e2e_ds"
+
+
+def test_unknown_field_is_named(tmp_path, capsys):
+    path = _write_config(tmp_path, sae={"d_in": 16, "d_sae": 32, "l1_coeficient": 1.0})
+    assert cli.main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown field(s) ['l1_coeficient']" in err and str(path) in err
+
+
+def test_unreadable_yaml(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("sae: [unclosed")
+    assert cli.main(["train", str(path)]) == 2
+    assert f"cannot read config {path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_paper_examples_parse(path):
+    cfg = load_runner_config(path)
+    assert cfg.hook_name == "blocks.6.hook_resid_pre"
+    assert cfg.sae.d_sae == 46080
+    assert cfg.sae.strategy in path.stem
+    assert cfg.sae.grad_clip_norm == 10.0
+
+
+def test_examples_exist():
+    assert len(EXAMPLES) == 3
