@@ -223,3 +223,28 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypa
     latest = trainer_module.resolve_checkpoint(cfg.checkpoint_path)
     assert latest.name == "step_000000004"
     assert not Path(cfg.output_path).exists()
+
+
+def test_wandb_logging_and_periodic_eval(tmp_path, monkeypatch):
+    import wandb
+    from sae_lens import LoggingConfig
+
+    logged: list[tuple[int, dict]] = []
+    monkeypatch.setattr(wandb, "log", lambda values, step: logged.append((step, values)))
+    inits: list[dict] = []
+
+    class FakeRun:
+        def finish(self) -> None:
+            inits.append({"finished": True})
+
+    monkeypatch.setattr(wandb, "init", lambda **kw: inits.append(kw) or FakeRun())
+    logger = LoggingConfig(log_to_wandb=True, wandb_log_frequency=2, eval_every_n_wandb_logs=2)
+    runner = _runner(runner_config(tmp_path, steps=8, logger=logger))
+    runner.run()
+    assert inits[0]["config"]["sae"]["strategy"] == "e2e" and inits[-1] == {"finished": True}
+    loss_steps = [s for s, v in logged if "losses/loss" in v]
+    eval_steps = [s for s, v in logged if "eval/ce_loss_increase" in v]
+    assert loss_steps == [2, 4, 6, 8]
+    assert eval_steps == [4, 8]
+    last = next(v for s, v in logged if s == 8 and "losses/loss" in v)
+    assert {"losses/kl", "losses/sparsity", "details/current_learning_rate"} <= set(last)
