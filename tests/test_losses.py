@@ -133,3 +133,20 @@ def test_paper_coefficient_defaults():
     assert (local.kl, local.out_to_in, local.in_to_orig) == (0.0, 1.0, 0.0)
     with pytest.raises(ValueError, match="strategy"):
         E2EStandardTrainingSAEConfig(d_in=16, d_sae=64, strategy="global")
+
+
+@pytest.mark.parametrize("strategy", ["e2e", "e2e_ds"])
+def test_triton_kernels_give_the_same_terms_and_gradients(tiny_model, strategy):
+    """The trainer's path through the fused kernels (interpreted on CPU) equals plain torch."""
+    tokens = torch.randint(0, 64, (2, 16))
+    results = []
+    for backend in ("torch", "triton"):
+        sae = _sae(strategy=strategy, l1_coefficient=1.5, kernels=backend)
+        terms = compute_loss_terms(tiny_model, {"blocks.1.hook_resid_pre": sae}, tokens, sae.cfg)
+        terms["loss"].backward()
+        results.append((terms, [p.grad for p in sae.parameters()]))
+    (t_terms, t_grads), (k_terms, k_grads) = results
+    for name in ("kl", "sparsity", "in_to_orig", "out_to_in", "loss", "l0"):
+        torch.testing.assert_close(k_terms[name], t_terms[name], rtol=1e-5, atol=1e-6, msg=name)
+    for a, b in zip(k_grads, t_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
