@@ -29,6 +29,7 @@ import yaml
 from safetensors.torch import save_file
 
 from sae_lens_e2e.atomic import atomic_directory, atomic_file
+from sae_lens_e2e.sae import unit_decoder_weights
 
 SAE_CFG_FILENAME = "cfg.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -486,20 +487,13 @@ def sae_to_reference(sae: Any) -> ReferenceSAE:
     reference's per-forward decoder normalisation changes nothing.
     """
     _check_representable(sae)
-    w_enc = sae.W_enc.detach().double().cpu()
-    b_enc = sae.b_enc.detach().double().cpu()
-    w_dec = sae.W_dec.detach().double().cpu()
-    b_dec = sae.b_dec.detach().double().cpu()
-    if sae.cfg.apply_b_dec_to_input:
-        b_enc = b_enc - b_dec @ w_enc
-    norms = w_dec.norm(dim=1)
-    scale = torch.where(norms > 0, norms, torch.ones_like(norms))
+    w = unit_decoder_weights(sae)
     return ReferenceSAE(
         hook_name=sae.cfg.metadata.hook_name,
-        encoder_weight=(w_enc * scale).T.float().contiguous(),
-        encoder_bias=(b_enc * scale).float().contiguous(),
-        decoder_weight=(w_dec / scale[:, None]).T.float().contiguous(),
-        decoder_bias=b_dec.float().contiguous(),
+        encoder_weight=w["W_enc"].T.float().contiguous(),
+        encoder_bias=w["b_enc"].float().contiguous(),
+        decoder_weight=w["W_dec"].T.float().contiguous(),
+        decoder_bias=w["b_dec"].float().contiguous(),
     )
 
 

@@ -30,6 +30,38 @@ def reference_init_(sae: SAE[Any]) -> None:
         sae.b_enc.data.uniform_(-bound, bound)
 
 
+@torch.no_grad()
+def unit_decoder_weights(sae: SAE[Any]) -> dict[str, torch.Tensor]:
+    """W_enc, b_enc, W_dec, b_dec of the same function with unit decoder rows and no input shift.
+
+    `apply_b_dec_to_input` folds into b_enc; decoder row norms move into the encoder (ReLU and
+    TopK-on-rescaled-acts commute with positive per-latent scaling). Computed in float64.
+    """
+    cfg = sae.cfg
+    name = cfg.metadata.hook_name or cfg.architecture()
+    if cfg.normalize_activations != "none" or cfg.reshape_activations != "none":
+        raise ValueError(f"SAE at {name}: activation normalisation/reshaping cannot be folded")
+    W_enc, b_enc, W_dec, b_dec = (
+        getattr(sae, n).detach().double() for n in ("W_enc", "b_enc", "W_dec", "b_dec")
+    )
+    if cfg.apply_b_dec_to_input:
+        b_enc = b_enc - b_dec @ W_enc
+    norms = W_dec.norm(dim=1)
+    scale = torch.where(norms > 0, norms, torch.ones_like(norms))
+    # Without rescaling, moving norms into the encoder would change which latents TopK picks.
+    topk_unscaled = cfg.architecture() == "topk" and not getattr(
+        cfg, "rescale_acts_by_decoder_norm", False
+    )
+    if topk_unscaled and not torch.allclose(scale, torch.ones_like(scale), atol=1e-4):
+        raise ValueError(f"TopK SAE at {name}: decoder rows are not unit norm; not exact")
+    return {
+        "W_enc": W_enc * scale,
+        "b_enc": b_enc * scale,
+        "W_dec": W_dec / scale[:, None],
+        "b_dec": b_dec,
+    }
+
+
 class E2ESAEMixin:
     """Shared e2e behaviour; mixed in before a SAELens TrainingSAE class."""
 
@@ -70,36 +102,21 @@ class E2ESAEMixin:
 
     @torch.no_grad()
     def load_from_sae(self, source: SAE[Any]) -> None:
-        """Warm start from any standard/topk SAELens SAE, preserving its function exactly.
-
-        `apply_b_dec_to_input` is folded into b_enc; decoder row norms are folded into the
-        encoder (ReLU and TopK commute with positive per-latent scaling).
-        """
-        expected = {"d_in": self.cfg.d_in, "d_sae": self.cfg.d_sae}
-        for name, value in expected.items():
-            if getattr(source.cfg, name) != value:
+        """Warm start from a standard/TopK SAELens SAE, preserving its function exactly."""
+        for name in ("d_in", "d_sae"):
+            if getattr(source.cfg, name) != getattr(self.cfg, name):
                 raise ValueError(
-                    f"warm-start SAE has {name}={getattr(source.cfg, name)}, config says {value}"
+                    f"warm-start SAE has {name}={getattr(source.cfg, name)}, "
+                    f"config says {getattr(self.cfg, name)}"
                 )
-        if not hasattr(source, "b_enc") or type(source).__name__.startswith("JumpReLU"):
+        expected = {"relu": "standard", "topk": "topk"}[self.activation_name]
+        if source.cfg.architecture() != expected:
             raise ValueError(
                 f"cannot warm start a {self.cfg.architecture()} SAE from a "
-                f"{source.cfg.architecture()} SAE"
+                f"{source.cfg.architecture()!r} SAE (expected {expected!r})"
             )
-        if getattr(source.cfg, "normalize_activations", "none") != "none":
-            raise ValueError("warm-start SAE must have normalize_activations='none'")
-        W_enc, b_enc = source.W_enc.float(), source.b_enc.float()
-        W_dec, b_dec = source.W_dec.float(), source.b_dec.float()
-        if source.cfg.apply_b_dec_to_input:
-            b_enc = b_enc - b_dec @ W_enc
-        if getattr(source.cfg, "rescale_acts_by_decoder_norm", False):
-            norms = torch.ones_like(b_enc)  # acts are already per unit decoder direction
-        else:
-            norms = W_dec.norm(dim=-1).clamp_min(1e-8)
-        self.W_enc.data.copy_(W_enc * norms)
-        self.b_enc.data.copy_(b_enc * norms)
-        self.W_dec.data.copy_(W_dec / W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
-        self.b_dec.data.copy_(b_dec)
+        for name, value in unit_decoder_weights(source).items():
+            getattr(self, name).data.copy_(value)
 
 
 class E2EStandardTrainingSAE(E2ESAEMixin, StandardTrainingSAE):  # type: ignore[misc]

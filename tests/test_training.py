@@ -248,3 +248,26 @@ def test_wandb_logging_and_periodic_eval(tmp_path, monkeypatch):
     assert eval_steps == [4, 8]
     last = next(v for s, v in logged if s == 8 and "losses/loss" in v)
     assert {"losses/kl", "losses/sparsity", "details/current_learning_rate"} <= set(last)
+
+
+def test_warm_start_from_stock_topk_sae_with_decoder_rescaling(tmp_path):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(2)
+    cfg = TopKSAEConfig(d_in=16, d_sae=64, k=8, rescale_acts_by_decoder_norm=True)
+    stock = TopKSAE(cfg)
+    with torch.no_grad():
+        stock.W_dec.mul_(torch.rand(64, 1) + 0.5)
+        stock.b_dec.normal_()
+    runner = _runner(runner_config(tmp_path, architecture="topk", steps=2), override_sae=stock)
+    x = torch.randn(20, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(runner.saes[HOOK](x), stock(x), rtol=1e-5, atol=1e-5)
+
+
+def test_warm_start_refuses_other_architectures(tmp_path):
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    stock = JumpReLUSAE(JumpReLUSAEConfig(d_in=16, d_sae=64))
+    with pytest.raises(ValueError, match="cannot warm start a e2e_standard SAE from a 'jumprelu'"):
+        _runner(runner_config(tmp_path), override_sae=stock)
