@@ -11,6 +11,7 @@ import sys
 SUBCOMMAND_MODULES = [
     "sae_lens_e2e.train_cli",
     "sae_lens_e2e.convert_cli",
+    "sae_lens_e2e.quickstart_cli",
 ]
 
 

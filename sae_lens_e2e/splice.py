@@ -80,10 +80,22 @@ def _cache_hook(act: torch.Tensor, hook: Any, *, store: dict[str, torch.Tensor],
     store[name] = act
 
 
+def sae_forward(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature_acts, sae_out) for our training SAEs (`e2e_forward`) or any SAELens SAE.
+
+    Stock SAEs (loaded from disk, converted, pretrained) go through their own
+    `encode`/`decode`, as SAELens's `get_recons_loss` does, so they can be evaluated too.
+    """
+    if hasattr(sae, "e2e_forward"):
+        return sae.e2e_forward(x)
+    feature_acts = sae.encode(x)
+    return feature_acts, sae.decode(feature_acts)
+
+
 def _sae_hook(
     act: torch.Tensor, hook: Any, *, sae: Any, run: SplicedRun, name: str
 ) -> torch.Tensor:
-    feature_acts, sae_out = sae.e2e_forward(act)
+    feature_acts, sae_out = sae_forward(sae, act)
     run.sae_in[name] = act
     run.sae_out[name] = sae_out
     run.feature_acts[name] = feature_acts

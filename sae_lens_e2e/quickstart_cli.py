@@ -1,0 +1,191 @@
+"""`sae-lens-e2e quickstart`: see what e2e training buys you, on your own machine."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sae_lens_e2e.config import STRATEGIES
+
+DEFAULT_OUT = "e2e_quickstart"
+# The paper's GPT-2 layer-6 lambdas (similar CE increase); the default for --model runs.
+PAPER_COEFFICIENTS = {"local": [4.0], "e2e": [3.0], "e2e_ds": [50.0]}
+
+DESCRIPTION = """\
+Train local, e2e and e2e_ds sparse autoencoders on the same model and tokens, evaluate them
+on held-out text and write a report comparing them.
+
+With no arguments this runs offline on a CPU in a few minutes: it trains a small byte-level
+transformer on the Python documentation that ships with Python (cached for later runs in
+~/.cache/sae_lens_e2e/quickstart, or $SAE_LENS_E2E_CACHE), then trains 9 SAEs at its middle
+layer and writes DIR/report.md, DIR/pareto.png, DIR/geometry.png and every SAE in SAELens
+format under DIR/saes/.
+"""
+
+EPILOG = """\
+examples:
+  sae-lens-e2e quickstart                         # offline, CPU, ~5-10 minutes
+  sae-lens-e2e quickstart --out run2 --strategies local,e2e --coefficients local=3,10 e2e=0.3,1
+  sae-lens-e2e quickstart --config examples/quickstart_gpt2.yaml   # the paper's GPT-2 run (GPU)
+  sae-lens-e2e quickstart --model gpt2 --dataset apollo-research/Skylion007-openwebtext-tokenizer-gpt2 \\
+      --hook blocks.6.hook_resid_pre --context-size 1024 --d-sae 46080 --training-tokens 409600000
+
+--config takes a YAML file whose keys are the long option names with '_' for '-' (model,
+dataset, hook, d_sae, training_tokens, coefficients: {local: [4.0], e2e: [3.0]}, ...) plus
+lm: {...} (the tiny model), runner_overrides: {...} (any SAELens LanguageModelSAERunnerConfig
+field) and sae_overrides: {...} (any E2EStandardTrainingSAEConfig field). Options given on
+the command line win over the file.
+
+Held-out text: the tiny model's held-out documents are never trained on by the model or the
+SAEs. With --dataset, the first --n-eval-sequences sequences of the dataset's train split are
+held out (the runner reserves them before training). A dataset too short for the token
+budget is refused rather than repeated.
+"""
+
+
+def parse_coefficients(items: list[str]) -> dict[str, list[float]]:
+    """["local=1,2", "e2e=0.5"] -> {"local": [1.0, 2.0], "e2e": [0.5]}."""
+    out: dict[str, list[float]] = {}
+    for item in items:
+        strategy, sep, values = item.partition("=")
+        if not sep or strategy not in STRATEGIES:
+            raise ValueError(
+                f"--coefficients takes STRATEGY=L1,L2,... with STRATEGY in {STRATEGIES}, "
+                f"got {item!r}"
+            )
+        try:
+            out[strategy] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError as err:
+            raise ValueError(f"--coefficients {item!r}: {err}") from err
+    return out
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read config {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+_FLAG_FIELDS = (
+    "model",
+    "dataset",
+    "hook",
+    "d_sae",
+    "training_tokens",
+    "context_size",
+    "device",
+    "seed",
+    "n_eval_sequences",
+    "lr",
+)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Defaults < --config file < command-line options."""
+    from sae_lens_e2e.quickstart import QuickstartConfig
+
+    raw = _read_config(args.config) if args.config else {}
+    for name in _FLAG_FIELDS:
+        value = getattr(args, name)
+        if value is not None:
+            raw[name] = value
+    if args.strategies is not None:
+        raw["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if args.coefficients is not None:
+        raw["coefficients"] = {
+            **raw.get("coefficients", {}),
+            **parse_coefficients(args.coefficients),
+        }
+    elif raw.get("model") and "coefficients" not in raw:
+        raw["coefficients"] = PAPER_COEFFICIENTS
+    if args.compare_sae:
+        raw["compare_saes"] = [*raw.get("compare_saes", []), *args.compare_sae]
+    return QuickstartConfig.from_dict(raw, source=args.config or "command line")
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "quickstart",
+        help="train local/e2e/e2e_ds SAEs and write a comparison report (offline by default)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"report folder to create (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if it exists (it is only replaced once all succeeded)",
+    )
+    parser.add_argument("--config", metavar="YAML", help="quickstart settings file (see below)")
+    group = parser.add_argument_group("model and data (default: the offline tiny model)")
+    group.add_argument("--model", help="TransformerLens model name, e.g. gpt2 (needs --dataset)")
+    group.add_argument("--dataset", help="Hugging Face dataset path (text or pre-tokenised)")
+    group.add_argument("--hook", help="SAE position (default: blocks.<n_layers//2>.hook_resid_pre)")
+    group.add_argument("--context-size", type=int, help="tokens per sequence (default: 128)")
+    group.add_argument("--device", help="cpu, cuda, ... (default: cuda if available, else cpu)")
+    group = parser.add_argument_group("SAEs")
+    group.add_argument(
+        "--strategies",
+        metavar="LIST",
+        help="comma-separated subset of local,e2e,e2e_ds (default: all three)",
+    )
+    group.add_argument(
+        "--coefficients",
+        nargs="+",
+        metavar="STRATEGY=L1,L2",
+        help="sparsity coefficients (the paper's lambda) per strategy, e.g. local=1,3 e2e=0.3 "
+        "(default for the tiny model: local=1,3,10 e2e=0.3,1,3 e2e_ds=3,10,30; "
+        "with --model the paper's GPT-2 layer-6 values local=4 e2e=3 e2e_ds=50)",
+    )
+    group.add_argument("--d-sae", type=int, help="dictionary size (default: 8 x d_in)")
+    group.add_argument(
+        "--training-tokens",
+        type=int,
+        help="tokens per SAE, the same for every SAE (default: 262144)",
+    )
+    group.add_argument("--lr", type=float, help="SAE learning rate (default: 3e-3)")
+    group.add_argument(
+        "--seed",
+        type=int,
+        help="base seed; each strategy initialises its SAEs with seed + its index (default: 0)",
+    )
+    group = parser.add_argument_group("evaluation")
+    group.add_argument(
+        "--n-eval-sequences", type=int, help="held-out sequences to evaluate on (default: 256)"
+    )
+    group.add_argument(
+        "--compare-sae",
+        action="append",
+        metavar="PATH[=LABEL]",
+        help="also evaluate this SAELens SAE folder (e.g. a converted paper "
+        "checkpoint); repeatable",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae_lens_e2e.quickstart import check_output_dir, run_quickstart
+    from sae_lens_e2e.report import format_summary
+
+    cfg = config_from_args(args)
+    cfg.validate()
+    check_output_dir(Path(args.out), args.overwrite)  # before any slow work
+    result = run_quickstart(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print(format_summary(result))
+    return 0

@@ -1,0 +1,362 @@
+"""The quickstart report: `report.md` (table), `report.json`, `pareto.png`, `geometry.png`
+and the one-screen summary printed at the end.
+
+Every number in the table comes from one held-out evaluation of the SAEs as saved (stock
+SAELens folders). CE increase = CE with SAE - clean CE; CE recovered =
+(zero-ablation CE - CE with SAE) / (zero-ablation CE - clean CE).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sae_lens_e2e.geometry import GeometryResult, plot_geometry
+
+if TYPE_CHECKING:
+    from sae_lens_e2e.quickstart import QuickstartResult, SAERun
+
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+PARETO_PNG = "pareto.png"
+GEOMETRY_PNG = "geometry.png"
+
+# Fixed columns of the table; downstream EV columns follow (see `downstream_keys`).
+_COLUMNS = (
+    "strategy",
+    "lambda",
+    "L0",
+    "alive",
+    "CE clean",
+    "CE with SAE",
+    "CE zero-abl.",
+    "CE increase",
+    "CE recovered",
+    "KL",
+    "EV at SAE",
+)
+
+
+def downstream_keys(result: QuickstartResult) -> list[str]:
+    """EV keys of the next and the last block after the SAE (all are in report.json)."""
+    keys = sorted(
+        {k for run in result.runs for k in run.metrics if k.startswith("explained_variance/")}
+        - {f"explained_variance/{run.hook}" for run in result.runs},
+        key=_block_index,
+    )
+    return keys if len(keys) <= 2 else [keys[0], keys[-1]]
+
+
+def _block_index(key: str) -> int:
+    parts = key.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else -1
+
+
+def table_rows(result: QuickstartResult) -> list[list[str]]:
+    """One row per SAE, in the order they were trained."""
+    posts = downstream_keys(result)
+    return [_row(run, posts) for run in result.runs]
+
+
+def _row(run: SAERun, posts: Sequence[str]) -> list[str]:
+    m = run.metrics
+    d_sae = m[f"alive/{run.hook}"] + m[f"dead/{run.hook}"]
+    cells = [
+        run.strategy if run.strategy != "loaded" else run.label,
+        "-" if run.coefficient is None else f"{run.coefficient:g}",
+        f"{m[f'l0/{run.hook}']:.2f}",
+        f"{m[f'alive/{run.hook}']}/{d_sae}",
+        f"{m['ce_loss_clean']:.4f}",
+        f"{m['ce_loss_with_sae']:.4f}",
+        f"{m['ce_loss_zero_ablation']:.4f}",
+        f"{m['ce_loss_increase']:.4f}",
+        f"{m['ce_loss_recovered']:.4f}",
+        f"{m['kl']:.4f}",
+        f"{m[f'explained_variance/{run.hook}']:.3f}",
+    ]
+    return cells + [_fmt(m.get(k)) for k in posts]
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def table_headers(result: QuickstartResult) -> list[str]:
+    posts = downstream_keys(result)
+    return [*_COLUMNS, *(f"EV {k.removeprefix('explained_variance/')}" for k in posts)]
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Linear interpolation in log(x); None outside the curve's range (no extrapolation)."""
+    pts = sorted(zip(xs, ys, strict=True))
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1 and x0 > 0:
+            t = 0.0 if x1 == x0 else (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    return None
+
+
+def equal_l0_comparison(result: QuickstartResult) -> list[dict[str, Any]]:
+    """For each e2e / e2e_ds SAE: local's CE increase at the same L0, interpolated between
+    local runs (only inside the local runs' L0 range; nothing is extrapolated)."""
+    local = [r for r in result.runs if r.strategy == "local"]
+    xs = [r.metrics[f"l0/{r.hook}"] for r in local]
+    ys = [r.metrics["ce_loss_increase"] for r in local]
+    rows = []
+    for run in result.runs:
+        if run.strategy not in ("e2e", "e2e_ds") or len(local) < 2:
+            continue
+        l0 = run.metrics[f"l0/{run.hook}"]
+        rows.append(
+            {
+                "label": run.label,
+                "l0": l0,
+                "ce_increase": run.metrics["ce_loss_increase"],
+                "local_ce_increase_at_l0": _interp(l0, xs, ys),
+            }
+        )
+    return rows
+
+
+def comparison_lines(result: QuickstartResult) -> list[str]:
+    lines = []
+    for row in equal_l0_comparison(result):
+        local = row["local_ce_increase_at_l0"]
+        if local is None:
+            lines.append(
+                f"{row['label']}: L0 {row['l0']:.1f}, CE increase {row['ce_increase']:.4f} "
+                "(outside the local runs' L0 range; no comparison)"
+            )
+            continue
+        verdict = "lower" if row["ce_increase"] < local else "higher"
+        lines.append(
+            f"{row['label']}: L0 {row['l0']:.1f}, CE increase {row['ce_increase']:.4f} vs "
+            f"local {local:.4f} at the same L0 ({verdict})"
+        )
+    return lines
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_pareto(result: QuickstartResult, path: Path) -> Path:
+    """CE increase against L0 and against alive latents, one curve per strategy."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    groups: dict[str, list[SAERun]] = {}
+    for run in result.runs:
+        groups.setdefault(run.strategy if run.strategy != "loaded" else run.label, []).append(run)
+    for ax, (key, xlabel) in zip(
+        axes, (("l0", "L0 (active latents per token)"), ("alive", "alive latents")), strict=True
+    ):
+        for i, (name, runs) in enumerate(groups.items()):
+            pts = sorted((_x(r, key), r.metrics["ce_loss_increase"], r) for r in runs)
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
+            for x, y, run in pts:
+                if run.coefficient is not None:
+                    ax.annotate(
+                        f"λ={run.coefficient:g}",
+                        (x, y),
+                        fontsize=7,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("CE loss increase (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{result.model_name}, SAEs at {result.hook} (held-out, lower is better)")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _x(run: SAERun, key: str) -> float:
+    return float(run.metrics[f"{key}/{run.hook}"])
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def report_dict(result: QuickstartResult) -> dict[str, Any]:
+    """Everything in report.md, at full precision, for scripts and tests."""
+    from sae_lens_e2e.quickstart import scalar_metrics
+
+    return {
+        "model": result.model_name,
+        "dataset": result.dataset_name,
+        "hook": result.hook,
+        "d_in": result.d_in,
+        "n_eval_tokens": result.n_eval_tokens,
+        "model_info": result.model_info,
+        "config": result.config.to_dict(),
+        "timings_seconds": result.timings,
+        "runs": [
+            {
+                "label": r.label,
+                "strategy": r.strategy,
+                "coefficient": r.coefficient,
+                "hook": r.hook,
+                "path": r.path,
+                "train_seconds": r.train_seconds,
+                "metrics": scalar_metrics(r),
+            }
+            for r in result.runs
+        ],
+        "equal_l0_comparison": equal_l0_comparison(result),
+        "geometry": {label: geometry_summary(g) for label, g in result.geometry.items()},
+    }
+
+
+def _model_lines(result: QuickstartResult) -> list[str]:
+    info = result.model_info
+    if "unigram_ce" not in info:
+        return [f"- Model: `{result.model_name}`; dataset `{result.dataset_name}`."]
+    lm = info["lm"]
+    return [
+        f"- Model: tiny byte-level transformer ({lm['n_layers']} layers, d_model "
+        f"{lm['d_model']}, {info['n_params']:,} parameters) trained on {info['train_bytes']:,} "
+        f"bytes of `{result.dataset_name}`.",
+        f"- Its held-out loss: {info['heldout_loss']:.3f} nats/byte (unigram baseline "
+        f"{info['unigram_ce']:.3f}); held-out documents are never trained on.",
+    ]
+
+
+def same_index_fraction(geometry: GeometryResult) -> float | None:
+    """Share of decoder cross matches that pick the same latent index in the other SAE.
+
+    Near 1 means the two SAEs barely moved from a shared initialisation, so their cross
+    similarity says nothing about what they learned; the quickstart avoids this by seeding
+    each strategy differently (see `quickstart.sae_seed`).
+    """
+    cross = geometry.decoder.cross
+    if cross is None:
+        return None
+    ok = cross.target >= 0
+    return float((cross.target[ok] == cross.source[ok]).float().mean()) if ok.any() else None
+
+
+def geometry_summary(geometry: GeometryResult) -> dict[str, float]:
+    same = same_index_fraction(geometry)
+    extra = {} if same is None else {"decoder/cross/same_index_fraction": same}
+    return geometry.summary() | extra
+
+
+def _geometry_lines(result: QuickstartResult) -> list[str]:
+    lines = []
+    for label, g in result.geometry.items():
+        s = geometry_summary(g)
+        parts = [f"within {s['decoder/within/mean']:.3f}"]
+        if "decoder/cross/mean" in s:
+            parts.append(f"cross max {s['decoder/cross/mean']:.3f}")
+        if "decoder/one_to_one/mean" in s:
+            parts.append(f"one-to-one {s['decoder/one_to_one/mean']:.3f}")
+        lines.append(f"- `{label}`: decoder mean max cosine " + ", ".join(parts))
+    if result.geometry:
+        lines += [
+            "",
+            "Each strategy's SAEs start from their own initialisation (seed + strategy index; "
+            "the data order is the same for all), so cross similarity is not inherited from a "
+            "shared start. `decoder/cross/same_index_fraction` in report.json checks this.",
+        ]
+    return lines
+
+
+def markdown_report(result: QuickstartResult) -> str:
+    cfg = result.config
+    out = [
+        "# sae-lens-e2e quickstart report",
+        "",
+        *_model_lines(result),
+        f"- SAEs at `{result.hook}` (d_in {result.d_in}, d_sae {cfg.d_sae or 8 * result.d_in}), "
+        f"{cfg.training_tokens:,} training tokens each, lr {cfg.lr:g}, SAE init seed {cfg.seed} + strategy index.",
+        f"- Evaluated on {result.n_eval_tokens:,} held-out tokens; CE in nats/token.",
+        "",
+        "CE increase = CE with SAE - CE clean. CE recovered = (CE zero-abl. - CE with SAE) / "
+        "(CE zero-abl. - CE clean). EV = explained variance (at the SAE: SAE output vs input; "
+        "downstream: residual stream with the SAE spliced in vs the clean run). "
+        "alive = latents that fired at least once on the held-out tokens.",
+        "",
+        markdown_table(table_headers(result), table_rows(result)),
+        "",
+        "## e2e vs local at equal L0",
+        "",
+        *(f"- {line}" for line in comparison_lines(result) or ["(needs >= 2 local runs)"]),
+        "",
+        f"![pareto]({PARETO_PNG})",
+        "",
+        "## Geometry (alive latents, SAEs matched by CE increase)",
+        "",
+        *(_geometry_lines(result) or ["- (no trained SAEs)"]),
+        "",
+        f"![geometry]({GEOMETRY_PNG})",
+        "",
+        f"SAEs are stock SAELens folders under `saes/` (`SAE.load_from_disk`); "
+        f"full-precision numbers are in `{REPORT_JSON}`.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_report(result: QuickstartResult, folder: Path) -> None:
+    """report.md, report.json, pareto.png, geometry.png into `folder`."""
+    (folder / REPORT_JSON).write_text(json.dumps(report_dict(result), indent=2, default=str))
+    plot_pareto(result, folder / PARETO_PNG)
+    if result.geometry:
+        plot_geometry(result.geometry, folder / GEOMETRY_PNG)
+    (folder / REPORT_MD).write_text(markdown_report(result))
+
+
+def format_summary(result: QuickstartResult) -> str:
+    """The one-screen summary printed at the end."""
+    headers = ["strategy", "lambda", "L0", "alive", "CE increase", "CE recovered", "KL"]
+    rows = [row[:4] + row[7:10] for row in table_rows(result)]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    first = result.runs[0].metrics
+    lines = [
+        f"quickstart finished in {_duration(result.timings['total'])}: {len(result.runs)} SAEs "
+        f"at {result.hook} of {result.model_name}",
+        *[line.removeprefix("- ") for line in _model_lines(result)],
+        f"held-out: {result.n_eval_tokens:,} tokens, CE clean {first['ce_loss_clean']:.4f}, "
+        f"zero-ablation {first['ce_loss_zero_ablation']:.4f}",
+        "",
+        fmt.format(*headers),
+        *(fmt.format(*r) for r in rows),
+        "",
+        *comparison_lines(result),
+        "",
+        f"report: {result.out / REPORT_MD}  (plots: {PARETO_PNG}, {GEOMETRY_PNG}; SAEs: saes/)",
+    ]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def parse_markdown_table(text: str) -> list[dict[str, str]]:
+    """Rows of the first table in report.md as header -> cell (for tests and scripts)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    headers = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [
+        dict(zip(headers, (c.strip() for c in ln.strip("|").split("|")), strict=True))
+        for ln in lines[2:]
+    ]

@@ -1,0 +1,76 @@
+"""`evaluate` on stock SAELens SAEs, cross-checked against SAELens's own `get_recons_loss`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_model, make_token_dataset
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.evals import get_recons_loss
+from sae_lens.training.activation_scaler import ActivationScaler
+
+from sae_lens_e2e import evaluate, evaluate_many
+
+HOOK = "blocks.1.hook_resid_pre"
+
+
+def _stock_sae(seed: int = 0, apply_b_dec_to_input: bool = True) -> StandardSAE:
+    """A stock SAELens SAE (no `e2e_forward`) with random, non-trivial weights."""
+    torch.manual_seed(seed)
+    cfg = StandardSAEConfig(d_in=16, d_sae=48, apply_b_dec_to_input=apply_b_dec_to_input)
+    cfg.metadata.hook_name = HOOK
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    return sae
+
+
+def _tokens(n_rows: int = 12) -> torch.Tensor:
+    return torch.tensor(make_token_dataset(n_rows=n_rows, seed=7)["tokens"])
+
+
+def test_stock_sae_matches_saelens_get_recons_loss():
+    model, sae, tokens = make_tiny_model(), _stock_sae(), _tokens()
+    assert not hasattr(sae, "e2e_forward")
+    ours = evaluate(model, {HOOK: sae}, tokens, batch_size=5)
+    ref = get_recons_loss(
+        sae, model, ActivationScaler(), tokens, compute_kl=True, compute_ce_loss=True
+    )
+    assert ours["ce_loss_clean"] == pytest.approx(
+        ref["ce_loss_without_sae"].mean().item(), rel=1e-5
+    )
+    assert ours["ce_loss_with_sae"] == pytest.approx(
+        ref["ce_loss_with_sae"].mean().item(), rel=1e-5
+    )
+    assert ours["ce_loss_zero_ablation"] == pytest.approx(
+        ref["ce_loss_with_ablation"].mean().item(), rel=1e-5
+    )
+    assert ours["kl"] == pytest.approx(ref["kl_div_with_sae"].mean().item(), rel=1e-4, abs=1e-6)
+    # The SAE must actually change the output, or the comparison proves nothing.
+    assert abs(ours["ce_loss_increase"]) > 1e-3
+
+
+def test_stock_sae_l0_and_alive_match_encode():
+    model, sae, tokens = make_tiny_model(), _stock_sae(seed=1), _tokens(6)
+    ours = evaluate(model, {HOOK: sae}, tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=HOOK)
+    acts = sae.encode(cache[HOOK]).flatten(0, 1)
+    assert ours[f"l0/{HOOK}"] == pytest.approx((acts > 0).float().sum(-1).mean().item())
+    assert ours[f"alive/{HOOK}"] == int(((acts > 0).sum(0) > 0).sum())
+
+
+def test_evaluate_many_mixes_stock_and_training_saes_consistently():
+    model, tokens = make_tiny_model(), _tokens(8)
+    sets = {"a": {HOOK: _stock_sae(0)}, "b": {HOOK: _stock_sae(1, apply_b_dec_to_input=False)}}
+    many = evaluate_many(model, sets, tokens, batch_size=3)
+    for label, saes in sets.items():
+        single = evaluate(model, saes, tokens, batch_size=8)
+        for key in ("ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablation", "kl", "l0"):
+            assert many[label][key] == pytest.approx(single[key], rel=1e-5), (label, key)
+        m = many[label]
+        assert m["ce_loss_increase"] == pytest.approx(m["ce_loss_with_sae"] - m["ce_loss_clean"])
+        assert m["ce_loss_recovered"] == pytest.approx(
+            (m["ce_loss_zero_ablation"] - m["ce_loss_with_sae"])
+            / (m["ce_loss_zero_ablation"] - m["ce_loss_clean"])
+        )

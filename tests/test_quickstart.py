@@ -1,0 +1,310 @@
+"""`sae-lens-e2e quickstart` end to end at a reduced size (seconds), offline."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from conftest import make_tiny_model
+from sae_lens import SAE, StandardSAE, StandardSAEConfig
+
+from sae_lens_e2e.cli import main
+from sae_lens_e2e.quickstart import QuickstartConfig, load_pydoc_corpus, load_tiny_model
+from sae_lens_e2e.quickstart_cli import parse_coefficients
+from sae_lens_e2e.report import parse_markdown_table
+
+HOOK = "blocks.1.hook_resid_pre"
+D_MODEL = 32
+
+# The whole pipeline in a few seconds: a 3-layer d_model-32 byte LM on 60 kB of pydoc text.
+TINY: dict[str, Any] = {
+    "context_size": 32,
+    "d_sae": 64,
+    "training_tokens": 32 * 8 * 12,
+    "train_batch_size_tokens": 32 * 8,
+    "strategies": ["local", "e2e", "e2e_ds"],
+    "coefficients": {"local": [0.5, 2.0], "e2e": [0.5, 2.0], "e2e_ds": [1.0]},
+    "n_eval_sequences": 24,
+    "eval_batch_size": 8,
+    "device": "cpu",
+    "lm": {
+        "n_layers": 3,
+        "d_model": D_MODEL,
+        "d_head": 16,
+        "n_ctx": 32,
+        "steps": 120,
+        "batch_size": 16,
+        "lr": 1e-2,
+        "warmup_steps": 10,
+        "corpus_bytes": 60_000,
+        "max_loss_ratio": 0.95,
+    },
+}
+
+
+def _write_config(path: Path, **changes: Any) -> Path:
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["quickstart", "--quiet", *map(str, argv)])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _stock_sae_folder(path: Path, d_in: int = D_MODEL, hook: str = HOOK) -> Path:
+    torch.manual_seed(3)
+    cfg = StandardSAEConfig(d_in=d_in, d_sae=48, apply_b_dec_to_input=False)
+    cfg.metadata.hook_name = hook
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.2)
+        sae.W_dec.normal_(0, 0.2)
+    sae.save_model(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAE_LENS_E2E_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("qs")
+    stock = _stock_sae_folder(root / "stock_sae")
+    config = _write_config(root / "qs.yaml")
+    out = root / "report"
+    rc, stdout, stderr = _cli("--config", config, "--out", out, "--compare-sae", f"{stock}=stock")
+    assert rc == 0, stderr
+    return {"out": out, "stdout": stdout, "config": config, "root": root}
+
+
+def _runs(out: Path) -> list[dict[str, Any]]:
+    return json.loads((out / "report.json").read_text())["runs"]
+
+
+def test_report_folder_has_every_file(quickstart_run):
+    out = quickstart_run["out"]
+    for name in ("report.md", "report.json", "pareto.png", "geometry.png"):
+        assert (out / name).stat().st_size > 0, name
+    runs = _runs(out)
+    trained = [r for r in runs if r["strategy"] != "loaded"]
+    assert [r["label"] for r in trained] == [
+        "local_lambda0.5",
+        "local_lambda2",
+        "e2e_lambda0.5",
+        "e2e_lambda2",
+        "e2e_ds_lambda1",
+    ]
+    for run in trained:
+        folder = out / run["path"]
+        for name in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+            assert (folder / name).is_file(), (folder, name)
+        sae = SAE.load_from_disk(folder)  # stock SAELens, no plugin code needed
+        assert (sae.cfg.d_in, sae.cfg.d_sae) == (D_MODEL, 64)
+        assert sae.cfg.metadata.hook_name == HOOK
+    assert not list(out.parent.glob(".report.*")), "temp folders left behind"
+
+
+def test_table_numbers_are_consistent(quickstart_run):
+    out = quickstart_run["out"]
+    for run in _runs(out):
+        m = run["metrics"]
+        assert m["ce_loss_increase"] == pytest.approx(m["ce_loss_with_sae"] - m["ce_loss_clean"])
+        recovered = (m["ce_loss_zero_ablation"] - m["ce_loss_with_sae"]) / (
+            m["ce_loss_zero_ablation"] - m["ce_loss_clean"]
+        )
+        assert m["ce_loss_recovered"] == pytest.approx(recovered)
+    rows = parse_markdown_table((out / "report.md").read_text())
+    assert len(rows) == len(_runs(out)) == 6
+    for row in rows:
+        clean, sae, zero = (float(row[k]) for k in ("CE clean", "CE with SAE", "CE zero-abl."))
+        # Cells are rounded to 4 decimals, so allow the rounding of the cells involved.
+        assert float(row["CE increase"]) == pytest.approx(sae - clean, abs=1.5e-4)
+        slack = 2e-4 / (zero - clean) * (1 + abs(zero - sae) / (zero - clean))
+        assert float(row["CE recovered"]) == pytest.approx(
+            (zero - sae) / (zero - clean), abs=slack + 1e-4
+        )
+        alive, d_sae = map(int, row["alive"].split("/"))
+        assert 0 <= alive <= d_sae
+        assert 0 <= float(row["L0"]) <= d_sae
+    assert len({row["CE clean"] for row in rows}) == 1, "one shared clean run"
+
+
+def test_geometry_compares_independently_initialised_strategies(quickstart_run):
+    geometry = json.loads((quickstart_run["out"] / "report.json").read_text())["geometry"]
+    assert len(geometry) == 3
+    for label, summary in geometry.items():
+        assert 0 < summary["decoder/within/mean"] <= 1, label
+        # Shared init would make nearly every latent match its own index in the other SAE.
+        assert summary["decoder/cross/same_index_fraction"] < 0.2, label
+
+
+def test_tiny_model_is_real_and_held_out_is_separate(quickstart_run):
+    report = json.loads((quickstart_run["out"] / "report.json").read_text())
+    info = report["model_info"]
+    assert info["heldout_loss"] < 0.95 * info["unigram_ce"]
+    assert report["n_eval_tokens"] == 24 * 32
+    corpus = load_pydoc_corpus(0.12)
+    assert corpus.heldout_docs and not set(corpus.heldout_docs) & set(corpus.train_docs)
+    assert load_pydoc_corpus(0.12).heldout_docs == corpus.heldout_docs  # deterministic
+    model = load_tiny_model(quickstart_run["out"] / "model")
+    assert model.cfg.n_layers == 3
+
+
+def test_summary_is_printed(quickstart_run):
+    text = quickstart_run["stdout"]
+    assert "quickstart finished" in text and "CE increase" in text
+    assert "e2e_ds" in text and "stock" in text
+    assert len(text.splitlines()) < 40  # one screen
+
+
+def test_loaded_sae_is_evaluated_like_the_others(quickstart_run):
+    loaded = [r for r in _runs(quickstart_run["out"]) if r["strategy"] == "loaded"]
+    assert [r["label"] for r in loaded] == ["stock"]
+    assert loaded[0]["path"] == str(quickstart_run["root"] / "stock_sae")
+    assert loaded[0]["metrics"][f"alive/{HOOK}"] > 0
+
+
+def test_existing_output_is_refused_then_overwritten_with_cached_model(quickstart_run):
+    out, config = quickstart_run["out"], quickstart_run["config"]
+    before = (out / "report.json").read_text()
+    rc, _, err = _cli("--config", config, "--out", out)
+    assert rc == 2 and "--overwrite" in err
+    assert (out / "report.json").read_text() == before
+    rc, _, err = _cli(
+        "--config", config, "--out", out, "--overwrite", "--strategies", "e2e",
+        "--coefficients", "e2e=1",
+    )  # fmt: skip
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["model_info"]["cached"] is True
+    assert [r["label"] for r in report["runs"]] == ["e2e_lambda1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hook", "blocks.7.hook_resid_pre"], "does not exist"),
+        (["--training-tokens", str(10**9)], "lower --training-tokens"),
+        (["--coefficients", "local=1,1"], "repeat"),
+        (["--coefficients", "bogus=1"], "STRATEGY=L1"),
+        (["--model", "gpt2"], "--model and --dataset go together"),
+    ],
+)
+def test_bad_input_fails_fast_and_writes_nothing(tmp_path, monkeypatch, args, message):
+    monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    rc, _, err = _cli("--config", _write_config(tmp_path / "c.yaml"), "--out", out, *args)
+    assert rc == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "cache").exists()  # failed before training
+    assert not list(tmp_path.glob(".report.*"))
+
+
+@pytest.mark.parametrize(
+    ("d_in", "hook", "message"),
+    [(D_MODEL + 1, HOOK, "d_in=33"), (D_MODEL, "blocks.9.hook_resid_pre", "does not exist")],
+)
+def test_mismatched_sae_is_refused(tmp_path, monkeypatch, d_in, hook, message):
+    monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(tmp_path / "cache"))
+    stock = _stock_sae_folder(tmp_path / "sae", d_in=d_in, hook=hook)
+    out = tmp_path / "report"
+    rc, _, err = _cli(
+        "--config", _write_config(tmp_path / "c.yaml"), "--out", out, "--compare-sae", stock
+    )
+    assert rc == 2 and message in err, err
+    assert not out.exists()
+
+
+def test_compare_sae_label_clash_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(tmp_path / "cache"))
+    stock = _stock_sae_folder(tmp_path / "sae")
+    rc, _, err = _cli(
+        "--config", _write_config(tmp_path / "c.yaml"), "--out", tmp_path / "report",
+        "--compare-sae", f"{stock}=e2e_lambda2",
+    )  # fmt: skip
+    assert rc == 2 and "used twice" in err, err
+    assert not (tmp_path / "report").exists()
+
+
+def test_config_and_coefficient_parsing():
+    assert parse_coefficients(["local=1,2.5", "e2e=0.5"]) == {"local": [1.0, 2.5], "e2e": [0.5]}
+    with pytest.raises(ValueError, match="unknown field"):
+        QuickstartConfig.from_dict({"d_sea": 3})
+    with pytest.raises(ValueError, match="lm: unknown field"):
+        QuickstartConfig.from_dict({"lm": {"layers": 3}})
+    cfg = QuickstartConfig.from_dict({**TINY, "lm": dict(TINY["lm"])})
+    assert QuickstartConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ----------------------------------------------------------------------------- HF path
+
+
+def _hf_setup(tmp_path, monkeypatch, n_rows: int) -> Path:
+    """A local parquet dataset (no network) and SAELens's load_model returning a tiny model."""
+    from datasets import Dataset
+
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 64, (n_rows, 16), generator=gen)
+    data = tmp_path / "data"
+    data.mkdir()
+    Dataset.from_dict({"tokens": tokens.tolist()}).to_parquet(data / "train.parquet")
+    model = make_tiny_model()
+    monkeypatch.setattr("sae_lens.load_model.load_model", lambda *a, **k: model)
+    return data
+
+
+def _hf_config(tmp_path: Path, data: Path, training_tokens: int) -> Path:
+    cfg = {
+        "model": "tiny-test-model",
+        "dataset": str(data),
+        "hook": HOOK,
+        "context_size": 16,
+        "d_sae": 32,
+        "training_tokens": training_tokens,
+        "train_batch_size_tokens": 64,
+        "strategies": ["local", "e2e"],
+        "coefficients": {"local": [0.5], "e2e": [0.5]},
+        "n_eval_sequences": 8,
+        "eval_batch_size": 4,
+        "device": "cpu",
+    }
+    path = tmp_path / "hf.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_hf_dataset_path_evaluates_on_the_runners_held_out_sequences(tmp_path, monkeypatch):
+    data = _hf_setup(tmp_path, monkeypatch, n_rows=64)
+    out = tmp_path / "report"
+    rc, _, err = _cli("--config", _hf_config(tmp_path, data, 64 * 10), "--out", out)
+    assert rc == 0, err
+    for run in _runs(out):
+        # The runner evaluated its training SAE on the sequences it held out before training;
+        # the report evaluated the saved SAE on ours: same tokens, same numbers.
+        own = json.loads((out / run["path"]).parent.joinpath("eval_results.json").read_text())
+        for key in ("ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablation"):
+            assert run["metrics"][key] == pytest.approx(own[key], rel=1e-5), key
+        assert math.isfinite(run["metrics"]["kl"])
+
+
+def test_hf_dataset_shorter_than_budget_is_refused(tmp_path, monkeypatch):
+    data = _hf_setup(tmp_path, monkeypatch, n_rows=40)  # 8 held out + 32 = 512 tokens
+    out = tmp_path / "report"
+    rc, _, err = _cli("--config", _hf_config(tmp_path, data, 64 * 10), "--out", out)
+    assert rc == 2 and "ran out" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".report.*"))
