@@ -128,25 +128,31 @@ def compute_loss_terms(
     )
 
     zero = torch.zeros((), device=tokens.device)
-    terms: dict[str, torch.Tensor] = {
-        "sparsity": sum(
+    terms = {"kl": zero, "in_to_orig": zero}
+    with _graph_if(coeffs.sparsity):
+        terms["sparsity"] = sum(
             (sparsity_loss(spliced.feature_acts[h], _lp(saes[h]), saes[h].cfg.d_in) for h in saes),
             zero,
-        ),
-        "out_to_in": sum((mse(spliced.sae_out[h], spliced.sae_in[h]) for h in saes), zero),
-        "kl": zero,
-        "in_to_orig": zero,
-    }
+        )
+    with _graph_if(coeffs.out_to_in):
+        terms["out_to_in"] = sum((mse(spliced.sae_out[h], spliced.sae_in[h]) for h in saes), zero)
     if clean is not None and need_logits:
-        terms["kl"] = logits_kl(spliced.logits, clean.logits, e2e_cfg.kernels)
+        with _graph_if(coeffs.kl):
+            terms["kl"] = logits_kl(spliced.logits, clean.logits, e2e_cfg.kernels)
     if clean is not None and need_downstream:
-        in_to_orig = [mse(spliced.acts[h], clean.acts[h]) for h in plan.downstream_hooks]
-        terms["in_to_orig"] = torch.stack(in_to_orig).mean()
+        with _graph_if(coeffs.in_to_orig):
+            in_to_orig = [mse(spliced.acts[h], clean.acts[h]) for h in plan.downstream_hooks]
+            terms["in_to_orig"] = torch.stack(in_to_orig).mean()
     terms["loss"] = _weighted_sum(terms, coeffs)
     for h in plan.sae_hooks:
         terms[f"l0/{h}"] = l0(spliced.feature_acts[h]).detach()
     terms["l0"] = sum((terms[f"l0/{h}"] for h in plan.sae_hooks), zero)
     return terms
+
+
+def _graph_if(weight: float) -> torch.autograd.grad_mode.set_grad_enabled:
+    """Zero-weight terms are only logged: compute them without building a graph."""
+    return torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0)
 
 
 def _lp(sae: Any) -> float:
