@@ -18,6 +18,7 @@ from transformer_lens import HookedTransformer
 
 from sae_lens_e2e.losses import l0, logits_kl
 from sae_lens_e2e.splice import hook_layer, run_prefix, run_suffix
+from sae_lens_e2e.validation import check_sae_fits
 
 SAESet = Mapping[str, Any]
 
@@ -99,12 +100,17 @@ def evaluate_many(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate each labelled set of SAEs (hook name -> SAE, spliced together) on `tokens`.
 
-    `tokens` is [n_sequences, context]; held-out text is the caller's responsibility.
+    `tokens` is [n_sequences, context]; held-out text is the caller's responsibility. Each
+    SAE is first checked against the hook it is given under (the model has it, and its width
+    is the SAE's d_in), so a mismatch fails with a clear error before any work.
     """
     if tokens.ndim != 2 or tokens.shape[0] == 0:
         raise ValueError(
             f"tokens must be a non-empty [n_sequences, context] tensor, got {tuple(tokens.shape)}"
         )
+    for label, saes in sae_sets.items():
+        for hook, sae in saes.items():
+            check_sae_fits(model, sae, where=f"SAE {label!r} at {hook!r}", hook=hook)
     accs = {
         label: _Accumulator({h: s.cfg.d_sae for h, s in saes.items()})
         for label, saes in sae_sets.items()

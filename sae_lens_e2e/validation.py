@@ -1,8 +1,12 @@
-"""Checks run before any training work starts, each failing with the offending field/value."""
+"""Checks run before any training work starts, each failing with the offending field/value.
+
+Also the model/SAE fit checks shared by the quickstart and `evaluate_many`: `probe_hooks`,
+`hook_width` and `check_sae_fits`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -80,13 +84,9 @@ def _validate_batching(cfg: LanguageModelSAERunnerConfig[Any], e2e: E2ETrainingM
 
 
 @torch.no_grad()
-def _validate_shapes_and_order(
-    cfg: LanguageModelSAERunnerConfig[Any],
-    model: HookedTransformer,
-    hooks: list[str],
-    downstream: list[str],
-) -> None:
-    """A 2-token probe run gives each hook's width and the order hooks fire in."""
+def probe_hooks(model: HookedTransformer, hooks: Iterable[str]) -> tuple[list[str], dict[str, int]]:
+    """A 2-token probe run: the order `hooks` fire in, and each one's activation width (the
+    last dimension of [batch, pos, d] activations, else minus the number of dimensions)."""
     order: list[str] = []
     widths: dict[str, int] = {}
 
@@ -95,7 +95,58 @@ def _validate_shapes_and_order(
         widths[hook.name] = act.shape[-1] if act.ndim == 3 else -act.ndim
 
     probe = torch.zeros((1, 2), dtype=torch.long, device=model.cfg.device)
-    model.run_with_hooks(probe, fwd_hooks=[(h, record) for h in {*hooks, *downstream}])
+    model.run_with_hooks(probe, fwd_hooks=[(h, record) for h in set(hooks)])
+    return order, widths
+
+
+def default_hook(model: HookedTransformer) -> str:
+    """The middle layer's residual stream input (the paper uses hook_resid_pre)."""
+    return f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"
+
+
+def hook_width(model: HookedTransformer, hook: str) -> int:
+    """Activation width at `hook`, with a clear error for a hook the model lacks."""
+    if hook not in model.hook_dict:
+        raise ValueError(
+            f"hook {hook!r} does not exist in model {model.cfg.model_name!r} "
+            f"(e.g. {default_hook(model)!r})"
+        )
+    hook_layer(hook)
+    width = probe_hooks(model, [hook])[1][hook]
+    if width < 0:
+        raise ValueError(f"hook {hook!r} has {-width}-D activations; need [batch, pos, d]")
+    return width
+
+
+def check_sae_fits(
+    model: HookedTransformer, sae: Any, where: str = "SAE", hook: str | None = None
+) -> str:
+    """The SAE's hook (`hook`, else its cfg.json metadata's `hook_name`), after checking the
+    model has it and its width is the SAE's d_in."""
+    if hook is None:
+        hook = getattr(sae.cfg.metadata, "hook_name", None)
+        if not hook:
+            raise ValueError(f"{where} records no hook_name in its cfg.json metadata")
+    try:
+        width = hook_width(model, hook)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+    if width != sae.cfg.d_in:
+        raise ValueError(
+            f"{where} has d_in={sae.cfg.d_in}, but hook {hook!r} of model "
+            f"{model.cfg.model_name!r} has width {width}"
+        )
+    return hook
+
+
+def _validate_shapes_and_order(
+    cfg: LanguageModelSAERunnerConfig[Any],
+    model: HookedTransformer,
+    hooks: list[str],
+    downstream: list[str],
+) -> None:
+    """A probe run (`probe_hooks`) gives each hook's width and the order hooks fire in."""
+    order, widths = probe_hooks(model, [*hooks, *downstream])
     d_in = cfg.sae.d_in
     for h in hooks:
         if widths[h] != d_in:

@@ -74,3 +74,17 @@ def test_evaluate_many_mixes_stock_and_training_saes_consistently():
             (m["ce_loss_zero_ablation"] - m["ce_loss_with_sae"])
             / (m["ce_loss_zero_ablation"] - m["ce_loss_clean"])
         )
+
+
+@pytest.mark.parametrize(
+    ("hook", "d_in", "message"),
+    [
+        (HOOK, 12, rf"SAE 'bad' at '{HOOK}' has d_in=12, but hook '{HOOK}' .* has width 16"),
+        ("blocks.1.hook_nope", 16, r"SAE 'bad' at 'blocks.1.hook_nope': hook .* does not exist"),
+    ],
+)
+def test_evaluate_many_refuses_an_sae_that_does_not_fit_its_hook(hook, d_in, message):
+    model, tokens = make_tiny_model(), _tokens(4)
+    bad = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=8))
+    with pytest.raises(ValueError, match=message):
+        evaluate_many(model, {"good": {HOOK: _stock_sae()}, "bad": {hook: bad}}, tokens)
