@@ -51,6 +51,7 @@ from sae_lens_e2e.tiny_lm import (
     tiny_model_config,
     windows,
 )
+from sae_lens_e2e.train_cli import check_known_fields
 from sae_lens_e2e.validation import check_sae_fits, default_hook, hook_width, validate_run
 
 SAES_DIR = "saes"
@@ -108,8 +109,8 @@ class QuickstartConfig:
         """Build from a mapping (YAML), rejecting unknown keys so typos are caught."""
         raw = dict(raw)
         lm = raw.pop("lm", None) or {}
-        _check_keys(source, raw, cls)
-        _check_keys(f"{source}: lm", lm, TinyLMConfig)
+        check_known_fields(source, raw, cls)
+        check_known_fields(f"{source}: lm", lm, TinyLMConfig)
         try:
             return cls(**raw, lm=TinyLMConfig(**lm))
         except TypeError as err:
@@ -150,12 +151,6 @@ class QuickstartConfig:
             )
         if self.model is None and self.context_size > self.lm.n_ctx:
             raise ValueError(f"context_size={self.context_size} exceeds lm.n_ctx={self.lm.n_ctx}")
-
-
-def _check_keys(source: str, given: Mapping[str, Any], cls: type) -> None:
-    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"{source}: unknown field(s) {unknown} for {cls.__name__}")
 
 
 def resolve_device(device: str) -> str:

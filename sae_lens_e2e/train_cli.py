@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ example CONFIG.yaml (every field of SAELens's LanguageModelSAERunnerConfig may a
 """
 
 
-def _check_keys(section: str, given: dict[str, Any], cls: type) -> None:
+def check_known_fields(section: str, given: Mapping[str, Any], cls: type) -> None:
+    """Reject keys that are not fields of dataclass `cls` (typos), naming the section."""
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - allowed)
     if unknown:
@@ -55,10 +57,10 @@ def runner_config_from_dict(
             f"{source}: sae.architecture={architecture!r} is not one of {sorted(_ARCHITECTURES)}"
         )
     sae_cfg_class = get_sae_training_class(architecture)[1]
-    _check_keys(f"{source}: sae", sae, sae_cfg_class)
+    check_known_fields(f"{source}: sae", sae, sae_cfg_class)
     logger = dict(raw.pop("logger", None) or {})
-    _check_keys(f"{source}: logger", logger, LoggingConfig)
-    _check_keys(source, raw, LanguageModelSAERunnerConfig)
+    check_known_fields(f"{source}: logger", logger, LoggingConfig)
+    check_known_fields(source, raw, LanguageModelSAERunnerConfig)
     if "seqpos_slice" in raw:
         raw["seqpos_slice"] = tuple(raw["seqpos_slice"])
     try:
