@@ -66,9 +66,9 @@ def _add_batch(
     n_tokens = tokens.numel()
     for label, saes in sae_sets.items():
         acc = accs[label]
-        spliced = run_suffix(
-            model, resid, start, saes=saes, cache_hooks=_downstream_posts(model, saes)
-        )
+        # A post hook that is itself an SAE position would cache the SAE's input there.
+        posts_after = [p for p in _downstream_posts(model, saes) if p not in saes]
+        spliced = run_suffix(model, resid, start, saes=saes, cache_hooks=posts_after)
         with model.hooks(fwd_hooks=[(h, _zero_hook) for h in saes]):
             zero_logits = model(resid, start_at_layer=start)
         acc.ce_sae += _token_ce(model, spliced.logits, tokens)

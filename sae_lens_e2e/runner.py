@@ -17,7 +17,7 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.training.activations_store import ActivationsStore
 from safetensors.torch import save_file
 
-from sae_lens_e2e.atomic import atomic_directory
+from sae_lens_e2e.atomic import atomic_directory, atomic_file
 from sae_lens_e2e.evaluation import evaluate
 from sae_lens_e2e.losses import as_e2e_config, downstream_hooks
 from sae_lens_e2e.sae import register_e2e_architectures
@@ -150,15 +150,24 @@ class E2ESAETrainingRunner:
         )
 
     def save(self, output_path: Path, results: dict[str, Any]) -> Path:
-        """One stock SAELens folder per SAE (`<output>/<hook>/`), written atomically."""
-        with atomic_directory(output_path) as tmp:
-            for hook, sae in self.saes.items():
-                sae.save_inference_model(tmp / hook)
+        """One stock SAELens folder per SAE (`<output>/<hook>/`), each written atomically.
+
+        Only those folders and the two JSON files are replaced; anything else already in
+        `output_path` (e.g. checkpoints) is left alone, as SAELens's runner does.
+        """
+        for hook, sae in self.saes.items():
+            with atomic_directory(output_path / hook) as tmp:
+                sae.save_inference_model(tmp)
                 density = results[f"log10_feature_density/{hook}"]
-                save_file({"sparsity": density.contiguous()}, tmp / hook / SPARSITY_FILENAME)
-            (tmp / RUNNER_CFG_FILENAME).write_text(json.dumps(self.cfg.to_dict(), default=str))
-            scalars = {k: v for k, v in results.items() if not isinstance(v, torch.Tensor)}
-            (tmp / EVAL_RESULTS_FILENAME).write_text(json.dumps(scalars, indent=2))
+                save_file({"sparsity": density.contiguous()}, tmp / SPARSITY_FILENAME)
+        scalars = {k: v for k, v in results.items() if not isinstance(v, torch.Tensor)}
+        files = {
+            RUNNER_CFG_FILENAME: json.dumps(self.cfg.to_dict(), default=str),
+            EVAL_RESULTS_FILENAME: json.dumps(scalars, indent=2),
+        }
+        for name, text in files.items():
+            with atomic_file(output_path / name) as tmp:
+                tmp.write_text(text)
         return output_path
 
 

@@ -190,7 +190,8 @@ class E2ETrainer:
             if not weights.is_file():
                 raise FileNotFoundError(f"checkpoint {path} has no weights for SAE at {hook!r}")
             sae.load_state_dict(load_file(weights, device=str(sae.W_enc.device)))
-        state = torch.load(path / TRAINER_STATE_FILENAME, weights_only=True)
+        device = self.params[0].device
+        state = torch.load(path / TRAINER_STATE_FILENAME, weights_only=True, map_location=device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])

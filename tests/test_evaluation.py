@@ -88,3 +88,19 @@ def test_evaluate_many_refuses_an_sae_that_does_not_fit_its_hook(hook, d_in, mes
     bad = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=8))
     with pytest.raises(ValueError, match=message):
         evaluate_many(model, {"good": {HOOK: _stock_sae()}, "bad": {hook: bad}}, tokens)
+
+
+def test_explained_variance_of_an_sae_on_a_resid_post_hook():
+    """The SAE's own hook must report SAE output vs input, not a cached copy of its input."""
+    model = make_tiny_model()
+    hook = "blocks.0.hook_resid_post"
+    torch.manual_seed(3)
+    sae = StandardSAE(StandardSAEConfig(d_in=16, d_sae=32))
+    tokens = torch.randint(0, 64, (4, 16))
+    metrics = evaluate(model, {hook: sae}, tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=[hook])
+    x = cache[hook].flatten(0, 1)
+    with torch.no_grad():
+        y = sae(x)
+    expected = 1 - (x - y).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert metrics[f"explained_variance/{hook}"] == pytest.approx(expected.item(), rel=1e-4)

@@ -271,3 +271,20 @@ def test_warm_start_refuses_other_architectures(tmp_path):
     stock = JumpReLUSAE(JumpReLUSAEConfig(d_in=16, d_sae=64))
     with pytest.raises(ValueError, match="cannot warm start a e2e_standard SAE from a 'jumprelu'"):
         _runner(runner_config(tmp_path), override_sae=stock)
+
+
+def test_final_save_keeps_other_content_of_output_path(tmp_path):
+    out = tmp_path / "run"
+    cfg = runner_config(
+        tmp_path,
+        steps=4,
+        output_path=str(out),
+        checkpoint_path=str(out / "ckpt"),
+        save_final_checkpoint=True,
+    )
+    (out / "notes.txt").parent.mkdir(parents=True)
+    (out / "notes.txt").write_text("keep me")
+    _runner(cfg).run()
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (out / "ckpt" / "step_000000004" / "trainer_state.pt").is_file()
+    assert (out / HOOK / "cfg.json").is_file() and (out / "eval_results.json").is_file()
