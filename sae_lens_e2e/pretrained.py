@@ -402,6 +402,18 @@ def _finalize(
     return cfg, sd, None
 
 
+def _convert_one(
+    files: SourceFiles,
+    hook: str | None,
+    where: str,
+    device: str,
+    cfg_overrides: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], None]:
+    """Convert fetched run files and return the one SAE a converter call asked for."""
+    converted = convert_reference_checkpoint(files.checkpoint, files.config, source=files.source)
+    return _finalize(select_sae(converted, hook, where), device, cfg_overrides)
+
+
 def _split_folder(folder_name: str) -> tuple[str, str | None]:
     """'<id>' or '<id>/<hook_name>'."""
     head, _, hook = folder_name.partition("/")
@@ -424,8 +436,7 @@ def wandb_converter(
     files = fetch_wandb_run(
         run_path, cache_dir=cache_dir, local_dir=local_dir, force_download=force_download
     )
-    converted = convert_reference_checkpoint(files.checkpoint, files.config, source=files.source)
-    return _finalize(select_sae(converted, hook, f"wandb run {run_path}"), device, cfg_overrides)
+    return _convert_one(files, hook, f"wandb run {run_path}", device, cfg_overrides)
 
 
 def hf_converter(
@@ -444,8 +455,7 @@ def hf_converter(
     files = fetch_hf_sae(
         repo, stem, cache_dir=cache_dir, local_dir=local_dir, force_download=force_download
     )
-    converted = convert_reference_checkpoint(files.checkpoint, files.config, source=files.source)
-    return _finalize(select_sae(converted, hook, f"{repo}/{stem}.pt"), device, cfg_overrides)
+    return _convert_one(files, hook, f"{repo}/{stem}.pt", device, cfg_overrides)
 
 
 def e2e_converter(

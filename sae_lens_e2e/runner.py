@@ -102,16 +102,18 @@ class E2ESAETrainingRunner:
                 raise ValueError(f"warm-start SAE given for {hook!r}, which is not an SAE hook")
             self.saes[hook].load_from_sae(source)
 
+    def _eval_batch_size(self) -> int:
+        return self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
+
     def _eval_tokens(self, stream: TokenStream) -> torch.Tensor:
         """Held-out sequences, drawn before training so they are never trained on."""
-        per_batch = self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
-        return stream.next(max(1, self.cfg.n_eval_batches) * per_batch)
+        return stream.next(max(1, self.cfg.n_eval_batches) * self._eval_batch_size())
 
     def run(self) -> dict[str, Any]:
         """Train, evaluate on held-out tokens, save; returns hook name -> trained SAE."""
         stream = TokenStream(self.activations_store)
         eval_tokens = self._eval_tokens(stream)
-        eval_batch = self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
+        eval_batch = self._eval_batch_size()
 
         def evaluator() -> dict[str, Any]:
             metrics = evaluate(self.model, self.saes, eval_tokens, batch_size=eval_batch)
