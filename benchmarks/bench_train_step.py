@@ -24,7 +24,7 @@ from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_lens_e2e import E2EStandardTrainingSAE, E2EStandardTrainingSAEConfig
-from sae_lens_e2e.trainer import E2ETrainer
+from sae_lens_e2e.training.trainer import E2ETrainer
 
 CASES = [  # (n_layers, sae layer): the two settings the issue names
     (4, 2),

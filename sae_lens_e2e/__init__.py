@@ -3,21 +3,15 @@
 Importing the package registers the e2e training architectures with SAELens's registry.
 """
 
-from sae_lens_e2e.config import (
-    E2EStandardTrainingSAEConfig,
-    E2ETopKTrainingSAEConfig,
-    LossCoefficients,
-)
-from sae_lens_e2e.convert import (
+from sae_lens_e2e.analysis.evaluation import evaluate, evaluate_many
+from sae_lens_e2e.loading.convert import (
     E2EConversionError,
     UnsafeCheckpointError,
     convert_checkpoint,
     export_reference_checkpoint,
     saelens_to_reference,
 )
-from sae_lens_e2e.evaluation import evaluate, evaluate_many
-from sae_lens_e2e.losses import compute_loss_terms
-from sae_lens_e2e.pretrained import (
+from sae_lens_e2e.loading.sources import (
     e2e_converter,
     hf_converter,
     list_paper_saes,
@@ -25,9 +19,19 @@ from sae_lens_e2e.pretrained import (
     push_to_hub,
     wandb_converter,
 )
-from sae_lens_e2e.runner import E2ESAETrainingRunner
-from sae_lens_e2e.sae import E2EStandardTrainingSAE, E2ETopKTrainingSAE, register_e2e_architectures
-from sae_lens_e2e.trainer import E2ETrainer, NonFiniteLossError
+from sae_lens_e2e.training.config import (
+    E2EStandardTrainingSAEConfig,
+    E2ETopKTrainingSAEConfig,
+    LossCoefficients,
+)
+from sae_lens_e2e.training.losses import compute_loss_terms
+from sae_lens_e2e.training.runner import E2ESAETrainingRunner
+from sae_lens_e2e.training.sae import (
+    E2EStandardTrainingSAE,
+    E2ETopKTrainingSAE,
+    register_e2e_architectures,
+)
+from sae_lens_e2e.training.trainer import E2ETrainer, NonFiniteLossError
 
 register_e2e_architectures()
 

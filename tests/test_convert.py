@@ -15,9 +15,9 @@ from sae_lens import SAE
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-from sae_lens_e2e import convert as conv
 from sae_lens_e2e.cli import main
-from sae_lens_e2e.convert import E2EConversionError, UnsafeCheckpointError
+from sae_lens_e2e.loading import convert as conv
+from sae_lens_e2e.loading.convert import E2EConversionError, UnsafeCheckpointError
 
 pytestmark = pytest.mark.filterwarnings("ignore:\\s*This SAE has non-empty")
 

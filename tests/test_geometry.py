@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_lens_e2e import geometry as geo
+from sae_lens_e2e.analysis import geometry as geo
 
 
 def _unit64(W: torch.Tensor) -> np.ndarray:

@@ -28,9 +28,9 @@ from test_convert import (
     rel_err,
 )
 
-from sae_lens_e2e import pretrained as pre
 from sae_lens_e2e.cli import main
-from sae_lens_e2e.convert import E2EConversionError
+from sae_lens_e2e.loading import sources as pre
+from sae_lens_e2e.loading.convert import E2EConversionError
 
 pytestmark = pytest.mark.filterwarnings("ignore:\\s*This SAE has non-empty")
 

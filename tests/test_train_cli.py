@@ -10,7 +10,7 @@ from conftest import make_tiny_model, make_token_dataset
 from sae_lens import SAE
 
 from sae_lens_e2e import cli
-from sae_lens_e2e.train_cli import load_runner_config
+from sae_lens_e2e.cli.train import load_runner_config
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("gpt2_layer6_*.yaml"))
 
@@ -51,7 +51,9 @@ def test_help(capsys):
 
 
 def test_train_from_yaml(tmp_path, monkeypatch):
-    monkeypatch.setattr("sae_lens_e2e.runner.load_model", lambda *a, **k: make_tiny_model())
+    monkeypatch.setattr(
+        "sae_lens_e2e.training.runner.load_model", lambda *a, **k: make_tiny_model()
+    )
     path = _write_config(tmp_path)
     assert cli.main(["train", str(path)]) == 0
     sae = SAE.load_from_disk(tmp_path / "out" / "blocks.1.hook_resid_pre")

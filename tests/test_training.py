@@ -111,7 +111,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    from sae_lens_e2e import trainer as trainer_module
+    from sae_lens_e2e.training import trainer as trainer_module
 
     runner2 = _runner(runner_config(tmp_path, steps=4))
     stream = trainer_module.TokenStream(runner2.activations_store)
@@ -207,7 +207,7 @@ def test_context_size_over_n_ctx(tmp_path):
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
     cfg = runner_config(tmp_path, steps=8, n_checkpoints=4)
     runner = _runner(cfg)
-    from sae_lens_e2e import trainer as trainer_module
+    from sae_lens_e2e.training import trainer as trainer_module
 
     original = trainer_module.E2ETrainer.train_step
 

@@ -9,9 +9,9 @@ import sys
 # Each module exposes `add_parser(subparsers)`, which registers a sub-command and sets
 # `func(args) -> int` as its default.
 SUBCOMMAND_MODULES = [
-    "sae_lens_e2e.train_cli",
-    "sae_lens_e2e.convert_cli",
-    "sae_lens_e2e.quickstart_cli",
+    "sae_lens_e2e.cli.train",
+    "sae_lens_e2e.cli.convert",
+    "sae_lens_e2e.cli.quickstart",
 ]
 
 

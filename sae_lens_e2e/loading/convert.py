@@ -29,7 +29,7 @@ import yaml
 from safetensors.torch import save_file
 
 from sae_lens_e2e.atomic import atomic_directory, atomic_file
-from sae_lens_e2e.sae import unit_decoder_weights
+from sae_lens_e2e.training.sae import unit_decoder_weights
 
 SAE_CFG_FILENAME = "cfg.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"

@@ -2,10 +2,10 @@
 
 Without a model it needs no GPU and no internet: it trains a small byte-level
 TransformerLens model on the English text of the CPython documentation that ships with every
-Python (`pydoc_data.topics`), caches it (see `sae_lens_e2e.tiny_lm`), then trains `local`, `e2e` and `e2e_ds` SAEs at its
+Python (`pydoc_data.topics`), caches it (see `sae_lens_e2e.quickstart.tiny_lm`), then trains `local`, `e2e` and `e2e_ds` SAEs at its
 middle layer for a few sparsity coefficients each (same dictionary size, same tokens, same
 runner as `sae-lens-e2e train`), evaluates every saved SAE on held-out text and writes a
-report (see `sae_lens_e2e.report`). With `model` and `dataset` the same pipeline runs on any
+report (see `sae_lens_e2e.analysis.report`). With `model` and `dataset` the same pipeline runs on any
 TransformerLens model and Hugging Face dataset (e.g. the paper's GPT-2 run,
 `examples/quickstart_gpt2.yaml`).
 
@@ -32,16 +32,15 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from sae_lens_e2e.atomic import atomic_directory
-from sae_lens_e2e.config import STRATEGIES
-from sae_lens_e2e.geometry import (
+from sae_lens_e2e.analysis.geometry import (
     GeometryResult,
     alive_latents_from_sparsity,
     compare_saes,
     load_sae,
 )
-from sae_lens_e2e.losses import downstream_hooks
-from sae_lens_e2e.tiny_lm import (
+from sae_lens_e2e.atomic import atomic_directory
+from sae_lens_e2e.cli.train import check_known_fields
+from sae_lens_e2e.quickstart.tiny_lm import (
     TINY_DATASET_NAME,
     TINY_MODEL_NAME,
     TinyLMConfig,
@@ -51,8 +50,9 @@ from sae_lens_e2e.tiny_lm import (
     tiny_model_config,
     windows,
 )
-from sae_lens_e2e.train_cli import check_known_fields
-from sae_lens_e2e.validation import check_sae_fits, default_hook, hook_width, validate_run
+from sae_lens_e2e.training.config import STRATEGIES
+from sae_lens_e2e.training.losses import downstream_hooks
+from sae_lens_e2e.training.validation import check_sae_fits, default_hook, hook_width, validate_run
 
 SAES_DIR = "saes"
 LOGS_DIR = "logs"
@@ -299,7 +299,7 @@ def build_runner_config(
     """One SAELens runner config of the sweep; only strategy and lambda vary across runs."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
-    from sae_lens_e2e.config import E2EStandardTrainingSAEConfig
+    from sae_lens_e2e.training.config import E2EStandardTrainingSAEConfig
 
     sae_kwargs: dict[str, Any] = dict(
         d_in=d_in, d_sae=cfg.d_sae or 8 * d_in, strategy=strategy, l1_coefficient=coefficient
@@ -408,7 +408,7 @@ def _runner_config_for(
 
 def _train_one(runner_cfg: Any, work: Workload, log_path: Path) -> None:
     """One runner; its per-run printed summary goes to `log_path`, not the screen."""
-    from sae_lens_e2e.runner import E2ESAETrainingRunner
+    from sae_lens_e2e.training.runner import E2ESAETrainingRunner
 
     log = io.StringIO()
     with quiet_store_warnings(), contextlib.redirect_stdout(log):
@@ -496,7 +496,7 @@ def evaluate_runs(
 ) -> dict[str, Any]:
     """Reload every saved SAE with stock SAELens and evaluate all on the held-out tokens
     with one shared clean run per batch; fills `run.metrics`, returns label -> SAE."""
-    from sae_lens_e2e.evaluation import evaluate_many
+    from sae_lens_e2e.analysis.evaluation import evaluate_many
 
     saes = {run.label: load_sae(out / run.path, device=device) for run in runs}
     for loaded in extra:
@@ -608,7 +608,7 @@ def run_quickstart(
     cfg: QuickstartConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
 ) -> QuickstartResult:
     """Train, evaluate and report; the folder appears only when everything succeeded."""
-    from sae_lens_e2e import report
+    from sae_lens_e2e.analysis import report
 
     out = Path(out)
     cfg.validate()

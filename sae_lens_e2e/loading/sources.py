@@ -31,7 +31,7 @@ from huggingface_hub import errors as hf_errors
 from sae_lens import SAE
 from sae_lens.util import str_to_dtype
 
-from sae_lens_e2e.convert import (
+from sae_lens_e2e.loading.convert import (
     REFERENCE_CONFIG_FILENAME,
     SAE_CFG_FILENAME,
     SAE_WEIGHTS_FILENAME,
@@ -344,7 +344,7 @@ class PaperSAE:
 @functools.lru_cache(maxsize=1)
 def list_paper_saes() -> tuple[PaperSAE, ...]:
     """The directory in paper_saes.yaml (type x layer x selection -> wandb run / HF file)."""
-    text = resources.files("sae_lens_e2e").joinpath("paper_saes.yaml").read_text()
+    text = resources.files("sae_lens_e2e.loading").joinpath("paper_saes.yaml").read_text()
     rows = yaml.safe_load(text)["saes"]
     return tuple(
         PaperSAE(

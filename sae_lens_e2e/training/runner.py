@@ -17,12 +17,12 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.training.activations_store import ActivationsStore
 from safetensors.torch import save_file
 
+from sae_lens_e2e.analysis.evaluation import evaluate
 from sae_lens_e2e.atomic import atomic_directory, atomic_file
-from sae_lens_e2e.evaluation import evaluate
-from sae_lens_e2e.losses import as_e2e_config, downstream_hooks
-from sae_lens_e2e.sae import register_e2e_architectures
-from sae_lens_e2e.trainer import E2ETrainer, TokenStream
-from sae_lens_e2e.validation import sae_hook_names, validate_run
+from sae_lens_e2e.training.losses import as_e2e_config, downstream_hooks
+from sae_lens_e2e.training.sae import register_e2e_architectures
+from sae_lens_e2e.training.trainer import E2ETrainer, TokenStream
+from sae_lens_e2e.training.validation import sae_hook_names, validate_run
 
 logger = logging.getLogger(__name__)
 EVAL_RESULTS_FILENAME = "eval_results.json"

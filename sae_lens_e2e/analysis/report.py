@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sae_lens_e2e.geometry import GeometryResult, plot_geometry
+from sae_lens_e2e.analysis.geometry import GeometryResult, plot_geometry
 
 if TYPE_CHECKING:
-    from sae_lens_e2e.quickstart import QuickstartResult, SAERun
+    from sae_lens_e2e.quickstart.pipeline import QuickstartResult, SAERun
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
@@ -196,7 +196,7 @@ def _x(run: SAERun, key: str) -> float:
 
 def report_dict(result: QuickstartResult) -> dict[str, Any]:
     """Everything in report.md, at full precision, for scripts and tests."""
-    from sae_lens_e2e.quickstart import scalar_metrics
+    from sae_lens_e2e.quickstart.pipeline import scalar_metrics
 
     return {
         "model": result.model_name,

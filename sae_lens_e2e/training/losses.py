@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
 from sae_lens_e2e import kernels
-from sae_lens_e2e.config import E2ETrainingMixin, LossCoefficients
-from sae_lens_e2e.splice import hook_layer, run_prefix, run_suffix
+from sae_lens_e2e.training.config import E2ETrainingMixin, LossCoefficients
+from sae_lens_e2e.training.splice import hook_layer, run_prefix, run_suffix
 
 
 def logits_kl(

@@ -18,7 +18,7 @@ from sae_lens.saes.topk_sae import TopK
 from torch import nn
 
 from sae_lens_e2e import kernels
-from sae_lens_e2e.config import E2EStandardTrainingSAEConfig, E2ETopKTrainingSAEConfig
+from sae_lens_e2e.training.config import E2EStandardTrainingSAEConfig, E2ETopKTrainingSAEConfig
 
 
 def reference_init_(sae: SAE[Any]) -> None:

@@ -13,8 +13,8 @@ import torch
 from sae_lens.config import LanguageModelSAERunnerConfig
 from transformer_lens import HookedTransformer
 
-from sae_lens_e2e.config import E2ETrainingMixin
-from sae_lens_e2e.splice import hook_layer
+from sae_lens_e2e.training.config import E2ETrainingMixin
+from sae_lens_e2e.training.splice import hook_layer
 
 
 def sae_hook_names(cfg: LanguageModelSAERunnerConfig[Any]) -> list[str]:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_lens_e2e.atomic import atomic_directory
-from sae_lens_e2e.losses import as_e2e_config, compute_loss_terms
+from sae_lens_e2e.training.losses import as_e2e_config, compute_loss_terms
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
 CHECKPOINT_PREFIX = "step_"

@@ -12,7 +12,7 @@ import yaml
 from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.registry import get_sae_training_class
 
-from sae_lens_e2e.sae import _ARCHITECTURES, register_e2e_architectures
+from sae_lens_e2e.training.sae import _ARCHITECTURES, register_e2e_architectures
 
 EXAMPLE = """\
 example CONFIG.yaml (every field of SAELens's LanguageModelSAERunnerConfig may appear):
@@ -98,7 +98,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_e2e.runner import E2ESAETrainingRunner
+    from sae_lens_e2e.training.runner import E2ESAETrainingRunner
 
     cfg = load_runner_config(args.config)
     if args.resume:

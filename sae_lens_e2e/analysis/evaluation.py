@@ -16,9 +16,9 @@ from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from sae_lens_e2e.losses import l0, logits_kl
-from sae_lens_e2e.splice import hook_layer, run_prefix, run_suffix
-from sae_lens_e2e.validation import check_sae_fits
+from sae_lens_e2e.training.losses import l0, logits_kl
+from sae_lens_e2e.training.splice import hook_layer, run_prefix, run_suffix
+from sae_lens_e2e.training.validation import check_sae_fits
 
 SAESet = Mapping[str, Any]
 

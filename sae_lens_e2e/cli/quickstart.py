@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from sae_lens_e2e.config import STRATEGIES
+from sae_lens_e2e.training.config import STRATEGIES
 
 DEFAULT_OUT = "e2e_quickstart"
 # The paper's GPT-2 layer-6 lambdas (similar CE increase); the default for --model runs.
@@ -91,7 +91,7 @@ _FLAG_FIELDS = (
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """Defaults < --config file < command-line options."""
-    from sae_lens_e2e.quickstart import QuickstartConfig
+    from sae_lens_e2e.quickstart.pipeline import QuickstartConfig
 
     raw = _read_config(args.config) if args.config else {}
     for name in _FLAG_FIELDS:
@@ -180,8 +180,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_e2e.quickstart import check_output_dir, run_quickstart
-    from sae_lens_e2e.report import format_summary
+    from sae_lens_e2e.analysis.report import format_summary
+    from sae_lens_e2e.quickstart.pipeline import check_output_dir, run_quickstart
 
     cfg = config_from_args(args)
     cfg.validate()

@@ -1,0 +1,1 @@
+"""Analysis: evaluation of spliced SAEs, decoder/encoder geometry, the report."""
