@@ -4,21 +4,12 @@ Importing the package registers the e2e training architectures with SAELens's re
 """
 
 from sae_lens_e2e.analysis.evaluation import evaluate, evaluate_many
-from sae_lens_e2e.loading.convert import (
-    E2EConversionError,
-    UnsafeCheckpointError,
-    convert_checkpoint,
-    export_reference_checkpoint,
-    saelens_to_reference,
-)
-from sae_lens_e2e.loading.sources import (
-    e2e_converter,
-    hf_converter,
-    list_paper_saes,
-    load_e2e_sae,
-    push_to_hub,
-    wandb_converter,
-)
+from sae_lens_e2e.loading.convert import convert_checkpoint
+from sae_lens_e2e.loading.export import export_reference_checkpoint, saelens_to_reference
+from sae_lens_e2e.loading.huggingface import push_to_hub
+from sae_lens_e2e.loading.paper import list_paper_saes
+from sae_lens_e2e.loading.reference_format import E2EConversionError, UnsafeCheckpointError
+from sae_lens_e2e.loading.sources import e2e_converter, hf_converter, load_e2e_sae, wandb_converter
 from sae_lens_e2e.training.config import (
     E2EStandardTrainingSAEConfig,
     E2ETopKTrainingSAEConfig,

@@ -17,7 +17,9 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 from sae_lens_e2e.cli import main
 from sae_lens_e2e.loading import convert as conv
-from sae_lens_e2e.loading.convert import E2EConversionError, UnsafeCheckpointError
+from sae_lens_e2e.loading import export
+from sae_lens_e2e.loading import reference_format as ref
+from sae_lens_e2e.loading.reference_format import E2EConversionError, UnsafeCheckpointError
 
 pytestmark = pytest.mark.filterwarnings("ignore:\\s*This SAE has non-empty")
 
@@ -109,8 +111,8 @@ def test_convert_matches_reference_forward(tmp_path: Path) -> None:
     assert (cfg_json["d_in"], cfg_json["d_sae"]) == (D_IN, D_SAE)
     meta = cfg_json["metadata"]
     assert meta["hook_name"] == hook and meta["model_name"] == "gpt2"
-    assert meta["e2e_source"]["sha256"] == conv.file_sha256(ckpt)
-    assert meta["model_from_pretrained_kwargs"] == conv.TLENS_DEFAULT_PROCESSING
+    assert meta["e2e_source"]["sha256"] == ref.file_sha256(ckpt)
+    assert meta["model_from_pretrained_kwargs"] == ref.TLENS_DEFAULT_PROCESSING
     assert meta["prepend_bos"] is False and meta["context_size"] == 1024
     assert sae.cfg.metadata.hook_name == hook
 
@@ -319,8 +321,8 @@ def make_standard_sae(apply_b_dec: bool, seed: int = 0) -> StandardSAE:
 def test_export_is_exact_in_the_reference_forward(apply_b_dec: bool) -> None:
     sae = make_standard_sae(apply_b_dec)
     with pytest.warns(UserWarning, match="centred writing weights"):
-        sd, config = conv.saelens_to_reference(sae)
-    assert set(sd) == {P + s for s in conv.REFERENCE_SUFFIXES}
+        sd, config = export.saelens_to_reference(sae)
+    assert set(sd) == {P + s for s in ref.REFERENCE_SUFFIXES}
     assert sd[P + "encoder.0.weight"].shape == (D_SAE, D_IN)
     assert sd[P + "decoder.weight"].shape == (D_IN, D_SAE)
     x = torch.randn(16, D_IN)
@@ -340,9 +342,9 @@ def test_round_trip_through_files(tmp_path: Path) -> None:
     ckpt, cfg = write_checkpoint(tmp_path / "run", sd, make_reference_config("hook_resid_pre"))
     written = conv.convert_checkpoint(ckpt, cfg, tmp_path / "sl")
     saes = [SAE.load_from_disk(written[h]) for h in sorted(written)]
-    pt, yml = conv.export_reference_checkpoint(saes, tmp_path / "back" / "samples_0.pt")
+    pt, yml = export.export_reference_checkpoint(saes, tmp_path / "back" / "samples_0.pt")
     assert yml == tmp_path / "back" / "final_config.yaml"
-    back = conv.load_reference_state_dict(pt)
+    back = ref.load_reference_state_dict(pt)
     assert set(back) == set(sd)
     x = torch.randn(8, D_IN)
     for hook in written:
@@ -356,17 +358,17 @@ def test_export_refuses_what_the_reference_cannot_represent(tmp_path: Path) -> N
     topk = TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
     topk.cfg.metadata.hook_name = HOOK
     with pytest.raises(E2EConversionError, match="architecture 'topk'"):
-        conv.saelens_to_reference(topk)
+        export.saelens_to_reference(topk)
     normed = make_standard_sae(False)
     normed.cfg.normalize_activations = "layer_norm"
     with pytest.raises(E2EConversionError, match="normalize_activations='layer_norm'"):
-        conv.saelens_to_reference(normed)
+        export.saelens_to_reference(normed)
     nohook = make_standard_sae(False)
     nohook.cfg.metadata.hook_name = None
     with pytest.raises(E2EConversionError, match="hook_name"):
-        conv.saelens_to_reference(nohook)
+        export.saelens_to_reference(nohook)
     with pytest.raises(E2EConversionError, match="share a hook name"):
-        conv.saelens_to_reference([make_standard_sae(False), make_standard_sae(False, 1)])
+        export.saelens_to_reference([make_standard_sae(False), make_standard_sae(False, 1)])
 
 
 # ------------------------------------------------------------------ CLI

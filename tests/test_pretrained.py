@@ -28,9 +28,25 @@ from test_convert import (
     rel_err,
 )
 
+from sae_lens_e2e.cache import CACHE_ENV
 from sae_lens_e2e.cli import main
-from sae_lens_e2e.loading import sources as pre
-from sae_lens_e2e.loading.convert import E2EConversionError
+from sae_lens_e2e.loading.huggingface import DEFAULT_HF_REPO
+from sae_lens_e2e.loading.paper import find_paper_sae, list_paper_saes
+from sae_lens_e2e.loading.reference_format import E2EConversionError
+from sae_lens_e2e.loading.source_files import (
+    LOCAL_DIR_ENV,
+    E2ESourceError,
+    NetworkUnavailableError,
+    SourceNotFoundError,
+)
+from sae_lens_e2e.loading.sources import (
+    convert_source,
+    e2e_converter,
+    hf_converter,
+    load_e2e_sae,
+    wandb_converter,
+)
+from sae_lens_e2e.loading.wandb import fetch_wandb_run, parse_wandb_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:\\s*This SAE has non-empty")
 
@@ -90,8 +106,8 @@ def fake_wandb(monkeypatch, tmp_path):
             return FakeRun([FakeFile(n, b, state["downloads"]) for n, b in items])
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
-    monkeypatch.setenv(pre.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(pre.LOCAL_DIR_ENV, raising=False)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(LOCAL_DIR_ENV, raising=False)
     return state
 
 
@@ -145,7 +161,7 @@ def fake_hub(monkeypatch, tmp_path):
 
 
 def put_hf_pair(hub: dict, stem: str, sd: dict, config: dict) -> None:
-    repo = hub["remote"] / pre.DEFAULT_HF_REPO
+    repo = hub["remote"] / DEFAULT_HF_REPO
     repo.mkdir(parents=True, exist_ok=True)
     torch.save(sd, repo / f"{stem}.pt")
     (repo / f"{stem}.yaml").write_text(yaml.safe_dump(config))
@@ -163,27 +179,27 @@ def put_hf_pair(hub: dict, stem: str, sd: dict, config: dict) -> None:
     ],
 )
 def test_parse_wandb_path(spec: str, path: str) -> None:
-    assert pre.parse_wandb_path(spec).path == path
+    assert parse_wandb_path(spec).path == path
 
 
 def test_parse_wandb_path_rejects_garbage() -> None:
-    with pytest.raises(pre.E2ESourceError, match="not a wandb run path"):
-        pre.parse_wandb_path("wandb:a/b/c/d")
+    with pytest.raises(E2ESourceError, match="not a wandb run path"):
+        parse_wandb_path("wandb:a/b/c/d")
 
 
 def test_paper_table() -> None:
-    saes = pre.list_paper_saes()
+    saes = list_paper_saes()
     main_rows = [s for s in saes if s.selection.startswith("similar_")]
     assert len(main_rows) == 27 and len(saes) == 33
     assert sum(1 for s in saes if s.hf) == 18
     assert all(isinstance(s.wandb_run, str) and len(s.wandb_run) == 8 for s in saes)
-    e2e6 = pre.find_paper_sae("e2e", 6, "similar_ce")
+    e2e6 = find_paper_sae("e2e", 6, "similar_ce")
     assert (e2e6.wandb_run, e2e6.hf, e2e6.hook_name) == ("zgdpkafo", "e2e_similar_ce_layer_6", L6)
     assert e2e6.paper["l0"] == 27.5
-    assert pre.find_paper_sae("downstream", 10, "l0").wandb_run == "cvj5um2h"
-    assert pre.find_paper_sae("local", 6, "similar_alive").hf is None
-    with pytest.raises(pre.SourceNotFoundError, match="layers 2/6/10"):
-        pre.find_paper_sae("e2e", 5)
+    assert find_paper_sae("downstream", 10, "l0").wandb_run == "cvj5um2h"
+    assert find_paper_sae("local", 6, "similar_alive").hf is None
+    with pytest.raises(SourceNotFoundError, match="layers 2/6/10"):
+        find_paper_sae("e2e", 5)
 
 
 # ------------------------------------------------------------------ wandb
@@ -194,29 +210,29 @@ def test_fetch_wandb_picks_highest_checkpoint_and_caches(fake_wandb, tmp_path) -
     fake_wandb["runs"]["sparsify/gpt2/d8vgjnyc"] = make_run_files(
         tmp_path, sd, make_reference_config(L6)
     )
-    files = pre.fetch_wandb_run("wandb:sparsify/gpt2/d8vgjnyc")
+    files = fetch_wandb_run("wandb:sparsify/gpt2/d8vgjnyc")
     assert files.checkpoint.name == "samples_400000.pt"
     assert files.checkpoint.parent == tmp_path / "cache" / "wandb" / "sparsify/gpt2/d8vgjnyc"
     assert sorted(fake_wandb["downloads"]) == ["final_config.yaml", "samples_400000.pt"]
 
-    again = pre.fetch_wandb_run("sparsify/gpt2/d8vgjnyc")  # served from the cache
+    again = fetch_wandb_run("sparsify/gpt2/d8vgjnyc")  # served from the cache
     assert again.checkpoint == files.checkpoint and len(fake_wandb["calls"]) == 1
-    pre.fetch_wandb_run("d8vgjnyc", force_download=True)
+    fetch_wandb_run("d8vgjnyc", force_download=True)
     assert len(fake_wandb["calls"]) == 2
 
 
 @pytest.mark.parametrize(
     ("error", "exc", "match"),
     [
-        (None, pre.SourceNotFoundError, "not found"),
-        (ConnectionError("Max retries exceeded"), pre.NetworkUnavailableError, "cannot reach"),
-        (wandb.errors.UsageError("No API key"), pre.NetworkUnavailableError, "WANDB_API_KEY"),
+        (None, SourceNotFoundError, "not found"),
+        (ConnectionError("Max retries exceeded"), NetworkUnavailableError, "cannot reach"),
+        (wandb.errors.UsageError("No API key"), NetworkUnavailableError, "WANDB_API_KEY"),
     ],
 )
 def test_wandb_errors_are_clear(fake_wandb, tmp_path, error, exc, match) -> None:
     fake_wandb["error"] = error
     with pytest.raises(exc, match=match):
-        pre.convert_source("wandb:sparsify/gpt2/unknown1", tmp_path / "out")
+        convert_source("wandb:sparsify/gpt2/unknown1", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.rglob("*.pt"))  # nothing half-downloaded into the cache
 
@@ -228,7 +244,7 @@ def test_wandb_offline_local_dir(fake_wandb, tmp_path) -> None:
     run_dir.mkdir(parents=True)
     for name, data in make_run_files(tmp_path, sd, make_reference_config(L6)).items():
         (run_dir / name).write_bytes(data)
-    written = pre.convert_source(
+    written = convert_source(
         "wandb:sparsify/gpt2/abcd1234", tmp_path / "out", local_dir=tmp_path / "downloads"
     )
     assert fake_wandb["calls"] == []
@@ -236,8 +252,8 @@ def test_wandb_offline_local_dir(fake_wandb, tmp_path) -> None:
     sae = SAE.load_from_disk(written[L6])
     assert rel_err(sae(x).detach(), reference_forward(sd, "blocks-6-hook_resid_pre.", x)) < 1e-6
     assert sae.cfg.metadata.e2e_source["wandb_run"] == "sparsify/gpt2/abcd1234"
-    with pytest.raises(pre.SourceNotFoundError, match="no samples_<N>.pt"):
-        pre.fetch_wandb_run("zzzz9999", local_dir=tmp_path / "empty")
+    with pytest.raises(SourceNotFoundError, match="no samples_<N>.pt"):
+        fetch_wandb_run("zzzz9999", local_dir=tmp_path / "empty")
 
 
 def test_saelens_from_pretrained_with_wandb_converter(fake_wandb, tmp_path) -> None:
@@ -247,15 +263,15 @@ def test_saelens_from_pretrained_with_wandb_converter(fake_wandb, tmp_path) -> N
         tmp_path, sd, make_reference_config("hook_resid_pre")
     )
     with pytest.raises(E2EConversionError, match="name one as"):
-        SAE.from_pretrained("sparsify/gpt2", "multi001", converter=pre.wandb_converter)
+        SAE.from_pretrained("sparsify/gpt2", "multi001", converter=wandb_converter)
     sae, cfg, sparsity = SAE.from_pretrained_with_cfg_and_sparsity(
-        "sparsify/gpt2", f"multi001/{L6}", converter=pre.wandb_converter
+        "sparsify/gpt2", f"multi001/{L6}", converter=wandb_converter
     )
     assert sparsity is None and cfg["metadata"]["hook_name"] == L6
     x = torch.randn(4, D_IN)
     assert rel_err(sae(x).detach(), reference_forward(sd, "blocks-6-hook_resid_pre.", x)) < 1e-6
     # e2e_converter picks wandb for anything but hf: releases / the paper's HF repo
-    sae2 = SAE.from_pretrained("wandb:sparsify/gpt2", f"multi001/{L6}", converter=pre.e2e_converter)
+    sae2 = SAE.from_pretrained("wandb:sparsify/gpt2", f"multi001/{L6}", converter=e2e_converter)
     torch.testing.assert_close(sae2.W_enc, sae.W_enc)
 
 
@@ -268,11 +284,9 @@ def test_hf_converter_and_load_e2e_sae(fake_hub, fake_wandb, tmp_path) -> None:
     x = torch.randn(4, D_IN)
     ref = reference_forward(sd, "blocks-6-hook_resid_pre.", x)
 
-    sae = SAE.from_pretrained(
-        pre.DEFAULT_HF_REPO, "e2e_similar_ce_layer_6", converter=pre.hf_converter
-    )
+    sae = SAE.from_pretrained(DEFAULT_HF_REPO, "e2e_similar_ce_layer_6", converter=hf_converter)
     assert rel_err(sae(x).detach(), ref) < 1e-6
-    sae, cfg, sparsity = pre.load_e2e_sae("e2e", layer=6, selection="similar_ce")
+    sae, cfg, sparsity = load_e2e_sae("e2e", layer=6, selection="similar_ce")
     assert (sae.cfg.d_in, sae.cfg.d_sae, sparsity) == (D_IN, D_SAE, None)
     assert cfg["metadata"]["e2e_source"]["hf_file"] == "e2e_similar_ce_layer_6.pt"
     assert rel_err(sae(x).detach(), ref) < 1e-6
@@ -284,17 +298,17 @@ def test_load_e2e_sae_from_wandb_when_no_hf_copy(fake_wandb, tmp_path) -> None:
     fake_wandb["runs"]["sparsify/gpt2/p9zmh62k"] = make_run_files(
         tmp_path, sd, make_reference_config(L6)
     )
-    sae, cfg, _ = pre.load_e2e_sae("e2e+ds", 6, "similar_alive", dtype="float64")
+    sae, cfg, _ = load_e2e_sae("e2e+ds", 6, "similar_alive", dtype="float64")
     assert sae.W_enc.dtype == torch.float64 and cfg["metadata"]["hook_name"] == L6
     assert fake_wandb["calls"] == ["sparsify/gpt2/p9zmh62k"]
 
 
 def test_hf_errors_are_clear(fake_hub, tmp_path) -> None:
-    with pytest.raises(pre.SourceNotFoundError, match="not found"):
-        pre.convert_source(f"hf:{pre.DEFAULT_HF_REPO}/nope", tmp_path / "out")
+    with pytest.raises(SourceNotFoundError, match="not found"):
+        convert_source(f"hf:{DEFAULT_HF_REPO}/nope", tmp_path / "out")
     fake_hub["offline"] = True
-    with pytest.raises(pre.NetworkUnavailableError, match="cannot reach the Hugging Face hub"):
-        pre.convert_source("hf:e2e_similar_ce_layer_6", tmp_path / "out")
+    with pytest.raises(NetworkUnavailableError, match="cannot reach the Hugging Face hub"):
+        convert_source("hf:e2e_similar_ce_layer_6", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -302,7 +316,7 @@ def test_cli_convert_hf_then_push_to_hub(fake_hub, tmp_path, capsys) -> None:
     sd = make_reference_sd([L6], normalized=True)
     put_hf_pair(fake_hub, "local_similar_ce_layer_6", sd, make_reference_config(L6))
     out = tmp_path / "out"
-    spec = f"hf:{pre.DEFAULT_HF_REPO}/local_similar_ce_layer_6"
+    spec = f"hf:{DEFAULT_HF_REPO}/local_similar_ce_layer_6"
     args = ["convert", spec, "--out", str(out), "--push-to-hub", "me/e2e", "--hub-prefix", "l6"]
     assert main(args) == 0
     assert "SAE.from_pretrained('me/e2e', 'l6/blocks.6.hook_resid_pre')" in capsys.readouterr().out
@@ -336,7 +350,7 @@ def test_cli_wandb_offline_directory(fake_wandb, tmp_path) -> None:
 )
 def test_published_sae_loads(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    load = functools.partial(pre.load_e2e_sae, "e2e", 6, "similar_ce", cache_dir=tmp_path)
+    load = functools.partial(load_e2e_sae, "e2e", 6, "similar_ce", cache_dir=tmp_path)
     sae, cfg, _ = load(source="hf")
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (768, 46080)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(46080))

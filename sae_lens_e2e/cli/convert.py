@@ -77,8 +77,9 @@ def _fail(message: str) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from sae_lens_e2e.loading.convert import E2EConversionError
-    from sae_lens_e2e.loading.sources import convert_source, push_to_hub
+    from sae_lens_e2e.loading.huggingface import push_to_hub
+    from sae_lens_e2e.loading.reference_format import E2EConversionError
+    from sae_lens_e2e.loading.sources import convert_source
 
     try:
         written = convert_source(
@@ -101,7 +102,8 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from sae_lens import SAE
 
-    from sae_lens_e2e.loading.convert import E2EConversionError, export_reference_checkpoint
+    from sae_lens_e2e.loading.export import export_reference_checkpoint
+    from sae_lens_e2e.loading.reference_format import E2EConversionError
 
     try:
         saes = []

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_lens_e2e.atomic import atomic_directory
-from sae_lens_e2e.loading.sources import default_cache_dir
+from sae_lens_e2e.cache import default_cache_dir
 
 TINY_MODEL_NAME = "quickstart-bytes-lm"
 TINY_DATASET_NAME = "pydoc_data.topics (byte-level)"

@@ -1,0 +1,112 @@
+"""Hugging Face: fetch the paper's files from `apollo-research/e2e-saes-gpt2`, and push
+converted SAELens folders to the hub.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub import errors as hf_errors
+from sae_lens import SAE
+
+from sae_lens_e2e.loading.reference_format import (
+    SAE_CFG_FILENAME,
+    SAE_WEIGHTS_FILENAME,
+    E2EConversionError,
+)
+from sae_lens_e2e.loading.source_files import (
+    E2ESourceError,
+    NetworkUnavailableError,
+    SourceFiles,
+    SourceNotFoundError,
+    resolve_local_dir,
+)
+
+DEFAULT_HF_REPO = "apollo-research/e2e-saes-gpt2"
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str]:
+    """'hf:ORG/REPO/STEM' or 'hf:STEM' (default repo) -> (repo_id, stem)."""
+    s = spec.strip().removeprefix("hf:").strip("/")
+    parts = s.split("/")
+    if len(parts) == 1:
+        parts = [*DEFAULT_HF_REPO.split("/"), parts[0]]
+    if len(parts) != 3 or not all(parts):
+        raise E2ESourceError(f"'{spec}' is not a Hugging Face file spec; expected ORG/REPO/STEM")
+    stem = re.sub(r"\.(pt|yaml)$", "", parts[2])
+    return f"{parts[0]}/{parts[1]}", stem
+
+
+def _hf_download(repo_id: str, filename: str, cache_dir: Path | None, force: bool) -> Path:
+    """One file through huggingface_hub (which caches it), with clear errors."""
+    try:
+        return Path(
+            huggingface_hub.hf_hub_download(
+                repo_id, filename, cache_dir=cache_dir, force_download=force
+            )
+        )
+    except hf_errors.LocalEntryNotFoundError as e:
+        raise NetworkUnavailableError(
+            f"cannot reach the Hugging Face hub for {repo_id}/{filename} and it is not cached "
+            f"({e}); pass a local directory holding the file"
+        ) from e
+    except (hf_errors.RepositoryNotFoundError, hf_errors.EntryNotFoundError) as e:
+        raise SourceNotFoundError(f"Hugging Face file {repo_id}/{filename} not found") from e
+    except (OSError, ConnectionError, hf_errors.HfHubHTTPError) as e:
+        raise NetworkUnavailableError(f"download of {repo_id}/{filename} failed: {e}") from e
+
+
+def fetch_hf_sae(
+    repo_id: str,
+    stem: str,
+    *,
+    cache_dir: str | Path | None = None,
+    local_dir: str | Path | None = None,
+    force_download: bool = False,
+) -> SourceFiles:
+    """`<stem>.pt` + `<stem>.yaml` from the hub (or `local_dir` when offline)."""
+    source = {"hf_repo": repo_id, "hf_file": f"{stem}.pt"}
+    local = resolve_local_dir(local_dir)
+    if local is not None:
+        ckpt, cfg = local / f"{stem}.pt", local / f"{stem}.yaml"
+        if not (ckpt.is_file() and cfg.is_file()):
+            raise SourceNotFoundError(f"{local}: no {stem}.pt + {stem}.yaml")
+        return SourceFiles(ckpt, cfg, {**source, "local_dir": str(local)})
+    hf_cache = Path(cache_dir) / "hf" if cache_dir else None
+    ckpt = _hf_download(repo_id, f"{stem}.pt", hf_cache, force_download)
+    cfg = _hf_download(repo_id, f"{stem}.yaml", hf_cache, force_download)
+    return SourceFiles(ckpt, cfg, source)
+
+
+def push_to_hub(
+    sae_dir: str | Path,
+    repo_id: str,
+    *,
+    path_in_repo: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+) -> str:
+    """Upload a SAELens folder so that `SAE.from_pretrained(repo_id, sae_id)` reads it as is.
+
+    Returns the sae_id (the folder inside the repo; default: the folder's name, the hook name).
+    """
+    sae_dir = Path(sae_dir)
+    if not (sae_dir / SAE_CFG_FILENAME).is_file() or not (sae_dir / SAE_WEIGHTS_FILENAME).is_file():
+        raise E2EConversionError(f"{sae_dir}: not a SAELens folder (cfg.json + weights)")
+    SAE.load_from_disk(sae_dir)  # refuse to publish something stock SAELens cannot load
+    sae_id = (path_in_repo or sae_dir.name).strip("/")
+    try:
+        api = huggingface_hub.HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=sae_dir,
+            path_in_repo=sae_id,
+            allow_patterns=[SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, "sparsity.safetensors"],
+            commit_message=f"Add SAE {sae_id} (converted by sae_lens_e2e)",
+        )
+    except (OSError, hf_errors.HfHubHTTPError) as e:
+        raise NetworkUnavailableError(f"upload to {repo_id} failed: {e}") from e
+    return sae_id
