@@ -18,7 +18,7 @@ from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from sae_lens_e2e.analysis.report import parse_markdown_table
 from sae_lens_e2e.cli import main
 from sae_lens_e2e.cli.quickstart import parse_coefficients
-from sae_lens_e2e.quickstart.pipeline import QuickstartConfig
+from sae_lens_e2e.quickstart.config import QuickstartConfig
 from sae_lens_e2e.quickstart.tiny_lm import load_pydoc_corpus, load_tiny_model
 
 HOOK = "blocks.1.hook_resid_pre"

@@ -1,5 +1,8 @@
-"""The quickstart report: `report.md` (table), `report.json`, `pareto.png`, `geometry.png`
-and the one-screen summary printed at the end.
+"""The report of evaluated SAEs: `report.md` (table), `report.json`, `pareto.png`,
+`geometry.png` and the one-screen summary printed at the end.
+
+It takes plain data of its own (`ReportData`, `SAERun`), so any pipeline (the quickstart,
+an evaluation of published SAEs) can fill it without the report knowing that pipeline.
 
 Every number in the table comes from one held-out evaluation of the SAEs as saved (stock
 SAELens folders). CE increase = CE with SAE - clean CE; CE recovered =
@@ -11,18 +14,53 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sae_lens_e2e.analysis.geometry import GeometryResult, plot_geometry
-
-if TYPE_CHECKING:
-    from sae_lens_e2e.quickstart.pipeline import QuickstartResult, SAERun
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 PARETO_PNG = "pareto.png"
 GEOMETRY_PNG = "geometry.png"
+
+SCALAR_TYPES = (int, float)
+
+
+@dataclass
+class SAERun:
+    """One trained (or loaded) SAE and its held-out evaluation."""
+
+    label: str
+    strategy: str  # local / e2e / e2e_ds, or "loaded" for SAEs evaluated beside them
+    coefficient: float | None
+    hook: str
+    path: str  # SAELens folder, relative to the report folder when trained here
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+    def scalar_metrics(self) -> dict[str, Any]:
+        return {k: v for k, v in self.metrics.items() if isinstance(v, SCALAR_TYPES)}
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows; `out` is the report folder's final path."""
+
+    out: Path
+    model_name: str
+    dataset_name: str
+    hook: str
+    d_in: int
+    n_eval_tokens: int
+    runs: list[SAERun]
+    geometry: dict[str, GeometryResult]
+    model_info: dict[str, Any]
+    timings: dict[str, float]
+    config: dict[str, Any]  # recorded as is in report.json
+    setup: list[str]  # markdown bullet lines: how the SAEs were trained
+
 
 # Fixed columns of the table; downstream EV columns follow (see `downstream_keys`).
 _COLUMNS = (
@@ -40,7 +78,7 @@ _COLUMNS = (
 )
 
 
-def downstream_keys(result: QuickstartResult) -> list[str]:
+def downstream_keys(result: ReportData) -> list[str]:
     """EV keys of the next and the last block after the SAE (all are in report.json)."""
     keys = sorted(
         {k for run in result.runs for k in run.metrics if k.startswith("explained_variance/")}
@@ -55,7 +93,7 @@ def _block_index(key: str) -> int:
     return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else -1
 
 
-def table_rows(result: QuickstartResult) -> list[list[str]]:
+def table_rows(result: ReportData) -> list[list[str]]:
     """One row per SAE, in the order they were trained."""
     posts = downstream_keys(result)
     return [_row(run, posts) for run in result.runs]
@@ -90,7 +128,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-def table_headers(result: QuickstartResult) -> list[str]:
+def table_headers(result: ReportData) -> list[str]:
     posts = downstream_keys(result)
     return [*_COLUMNS, *(f"EV {k.removeprefix('explained_variance/')}" for k in posts)]
 
@@ -108,7 +146,7 @@ def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return None
 
 
-def equal_l0_comparison(result: QuickstartResult) -> list[dict[str, Any]]:
+def equal_l0_comparison(result: ReportData) -> list[dict[str, Any]]:
     """For each e2e / e2e_ds SAE: local's CE increase at the same L0, interpolated between
     local runs (only inside the local runs' L0 range; nothing is extrapolated)."""
     local = [r for r in result.runs if r.strategy == "local"]
@@ -130,7 +168,7 @@ def equal_l0_comparison(result: QuickstartResult) -> list[dict[str, Any]]:
     return rows
 
 
-def comparison_lines(result: QuickstartResult) -> list[str]:
+def comparison_lines(result: ReportData) -> list[str]:
     lines = []
     for row in equal_l0_comparison(result):
         local = row["local_ce_increase_at_l0"]
@@ -151,7 +189,7 @@ def comparison_lines(result: QuickstartResult) -> list[str]:
 # ----------------------------------------------------------------------------- plots
 
 
-def plot_pareto(result: QuickstartResult, path: Path) -> Path:
+def plot_pareto(result: ReportData, path: Path) -> Path:
     """CE increase against L0 and against alive latents, one curve per strategy."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -194,10 +232,8 @@ def _x(run: SAERun, key: str) -> float:
 # ----------------------------------------------------------------------------- writing
 
 
-def report_dict(result: QuickstartResult) -> dict[str, Any]:
+def report_dict(result: ReportData) -> dict[str, Any]:
     """Everything in report.md, at full precision, for scripts and tests."""
-    from sae_lens_e2e.quickstart.pipeline import scalar_metrics
-
     return {
         "model": result.model_name,
         "dataset": result.dataset_name,
@@ -205,7 +241,7 @@ def report_dict(result: QuickstartResult) -> dict[str, Any]:
         "d_in": result.d_in,
         "n_eval_tokens": result.n_eval_tokens,
         "model_info": result.model_info,
-        "config": result.config.to_dict(),
+        "config": result.config,
         "timings_seconds": result.timings,
         "runs": [
             {
@@ -215,7 +251,7 @@ def report_dict(result: QuickstartResult) -> dict[str, Any]:
                 "hook": r.hook,
                 "path": r.path,
                 "train_seconds": r.train_seconds,
-                "metrics": scalar_metrics(r),
+                "metrics": r.scalar_metrics(),
             }
             for r in result.runs
         ],
@@ -224,7 +260,7 @@ def report_dict(result: QuickstartResult) -> dict[str, Any]:
     }
 
 
-def _model_lines(result: QuickstartResult) -> list[str]:
+def _model_lines(result: ReportData) -> list[str]:
     info = result.model_info
     if "unigram_ce" not in info:
         return [f"- Model: `{result.model_name}`; dataset `{result.dataset_name}`."]
@@ -243,7 +279,7 @@ def same_index_fraction(geometry: GeometryResult) -> float | None:
 
     Near 1 means the two SAEs barely moved from a shared initialisation, so their cross
     similarity says nothing about what they learned; the quickstart avoids this by seeding
-    each strategy differently (see `quickstart.sae_seed`).
+    each strategy differently (see `quickstart.sweep.sae_seed`).
     """
     cross = geometry.decoder.cross
     if cross is None:
@@ -258,7 +294,7 @@ def geometry_summary(geometry: GeometryResult) -> dict[str, float]:
     return geometry.summary() | extra
 
 
-def _geometry_lines(result: QuickstartResult) -> list[str]:
+def _geometry_lines(result: ReportData) -> list[str]:
     lines = []
     for label, g in result.geometry.items():
         s = geometry_summary(g)
@@ -278,14 +314,12 @@ def _geometry_lines(result: QuickstartResult) -> list[str]:
     return lines
 
 
-def markdown_report(result: QuickstartResult) -> str:
-    cfg = result.config
+def markdown_report(result: ReportData) -> str:
     out = [
         "# sae-lens-e2e quickstart report",
         "",
         *_model_lines(result),
-        f"- SAEs at `{result.hook}` (d_in {result.d_in}, d_sae {cfg.d_sae or 8 * result.d_in}), "
-        f"{cfg.training_tokens:,} training tokens each, lr {cfg.lr:g}, SAE init seed {cfg.seed} + strategy index.",
+        *result.setup,
         f"- Evaluated on {result.n_eval_tokens:,} held-out tokens; CE in nats/token.",
         "",
         "CE increase = CE with SAE - CE clean. CE recovered = (CE zero-abl. - CE with SAE) / "
@@ -314,7 +348,7 @@ def markdown_report(result: QuickstartResult) -> str:
     return "\n".join(out)
 
 
-def write_report(result: QuickstartResult, folder: Path) -> None:
+def write_report(result: ReportData, folder: Path) -> None:
     """report.md, report.json, pareto.png, geometry.png into `folder`."""
     (folder / REPORT_JSON).write_text(json.dumps(report_dict(result), indent=2, default=str))
     plot_pareto(result, folder / PARETO_PNG)
@@ -323,7 +357,7 @@ def write_report(result: QuickstartResult, folder: Path) -> None:
     (folder / REPORT_MD).write_text(markdown_report(result))
 
 
-def format_summary(result: QuickstartResult) -> str:
+def format_summary(result: ReportData) -> str:
     """The one-screen summary printed at the end."""
     headers = ["strategy", "lambda", "L0", "alive", "CE increase", "CE recovered", "KL"]
     rows = [row[:4] + row[7:10] for row in table_rows(result)]

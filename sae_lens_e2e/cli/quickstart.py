@@ -91,7 +91,7 @@ _FLAG_FIELDS = (
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """Defaults < --config file < command-line options."""
-    from sae_lens_e2e.quickstart.pipeline import QuickstartConfig
+    from sae_lens_e2e.quickstart.config import QuickstartConfig
 
     raw = _read_config(args.config) if args.config else {}
     for name in _FLAG_FIELDS:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import yaml
 from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.registry import get_sae_training_class
 
+from sae_lens_e2e.config_fields import check_known_fields
 from sae_lens_e2e.training.sae import _ARCHITECTURES, register_e2e_architectures
 
 EXAMPLE = """\
@@ -34,14 +33,6 @@ example CONFIG.yaml (every field of SAELens's LanguageModelSAERunnerConfig may a
   logger:
     log_to_wandb: false
 """
-
-
-def check_known_fields(section: str, given: Mapping[str, Any], cls: type) -> None:
-    """Reject keys that are not fields of dataclass `cls` (typos), naming the section."""
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ValueError(f"{section}: unknown field(s) {unknown} for {cls.__name__}")
 
 
 def runner_config_from_dict(

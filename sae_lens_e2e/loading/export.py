@@ -23,10 +23,6 @@ from sae_lens_e2e.loading.reference_format import (
 )
 from sae_lens_e2e.training.sae import unit_decoder_weights
 
-# ---------------------------------------------------------------------------------------------
-# SAELens -> reference
-# ---------------------------------------------------------------------------------------------
-
 
 def _check_representable(sae: Any) -> None:
     """Refuse what the reference SAE (Linear+ReLU, normalised Linear decoder) cannot express."""

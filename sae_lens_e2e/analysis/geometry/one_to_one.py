@@ -40,9 +40,6 @@ if TYPE_CHECKING:
     pass
 
 
-# ----------------------------------------------------------------------------- one-to-one
-
-
 def _fits_dense(n_rows: int, n_cols: int, limit_bytes: int) -> bool:
     return n_rows * n_cols * 8 <= limit_bytes
 

@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-# ----------------------------------------------------------------------------- plotting
-
 _PANELS = (("within", "within SAE"), ("cross", "to other SAE (max)"), ("one_to_one", "one-to-one"))
 
 

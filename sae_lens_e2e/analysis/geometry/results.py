@@ -21,9 +21,6 @@ Device = str | torch.device | None
 Method = Literal["auto", "dense", "sparse"]
 
 
-# ----------------------------------------------------------------------------- results
-
-
 @dataclass(frozen=True)
 class Matches:
     """Best partner of each alive source latent.

@@ -24,9 +24,6 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 
-# ----------------------------------------------------------------------------- SAE level
-
-
 def decoder_directions(sae: SAE) -> torch.Tensor:
     """Rows of ``W_dec`` [d_sae, d_in]: the direction each latent writes."""
     return sae.W_dec.detach()

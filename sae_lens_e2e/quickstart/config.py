@@ -1,0 +1,130 @@
+"""The quickstart's configuration: what to train, on which model, with which coefficients."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sae_lens_e2e.config_fields import check_known_fields
+from sae_lens_e2e.quickstart.tiny_lm import (
+    TinyLMConfig,
+)
+from sae_lens_e2e.training.config import STRATEGIES
+
+SAES_DIR = "saes"
+LOGS_DIR = "logs"
+MODEL_DIR = "model"
+
+# Sparsity coefficients (the paper's lambda) per strategy for the tiny model, picked from a
+# coarse sweep so that each strategy spans roughly L0 10-100 at the same dictionary size
+# (the comparison is at equal L0, not equal lambda). As in the paper, local needs a larger
+# lambda than e2e, and e2e_ds (whose downstream MSE also rewards reconstruction) larger still.
+TINY_COEFFICIENTS: dict[str, list[float]] = {
+    "local": [1.0, 3.0, 10.0],
+    "e2e": [0.3, 1.0, 3.0],
+    "e2e_ds": [3.0, 10.0, 30.0],
+}
+
+
+@dataclass
+class QuickstartConfig:
+    """Everything the pipeline needs. `model=None` is the offline tiny-model run."""
+
+    model: str | None = None
+    dataset: str | None = None
+    hook: str | None = None  # default: blocks.<n_layers // 2>.hook_resid_pre
+    context_size: int = 128
+    d_sae: int | None = None  # default: 8 x d_in
+    training_tokens: int = 2**18
+    train_batch_size_tokens: int = 1024
+    lr: float = 3e-3
+    lr_warm_up_steps: int = 10
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    coefficients: dict[str, list[float]] = field(
+        default_factory=lambda: {k: list(v) for k, v in TINY_COEFFICIENTS.items()}
+    )
+    in_to_orig_coefficient: float | None = None  # e2e_ds downstream weight; None = 2.5
+    n_eval_sequences: int = 256
+    eval_batch_size: int = 16
+    device: str = "auto"
+    seed: int = 0
+    compare_saes: list[str] = field(default_factory=list)  # extra SAELens SAE folders
+    lm: TinyLMConfig = field(default_factory=TinyLMConfig)
+    model_from_pretrained_kwargs: dict[str, Any] | None = None
+    # Extra fields for SAELens's LanguageModelSAERunnerConfig / our SAE config (paper runs).
+    runner_overrides: dict[str, Any] = field(default_factory=dict)
+    sae_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> QuickstartConfig:
+        """Build from a mapping (YAML), rejecting unknown keys so typos are caught."""
+        raw = dict(raw)
+        lm = raw.pop("lm", None) or {}
+        check_known_fields(source, raw, cls)
+        check_known_fields(f"{source}: lm", lm, TinyLMConfig)
+        try:
+            return cls(**raw, lm=TinyLMConfig(**lm))
+        except TypeError as err:
+            raise ValueError(f"{source}: {err}") from err
+
+    def validate(self) -> None:
+        """Check what can be checked before any work starts."""
+        if (self.model is None) != (self.dataset is None):
+            raise ValueError(
+                "--model and --dataset go together (a TransformerLens model and a Hugging Face "
+                "dataset); give neither for the offline tiny-model run"
+            )
+        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        if unknown or not self.strategies:
+            raise ValueError(
+                f"strategies must be a non-empty subset of {STRATEGIES}, got {unknown}"
+            )
+        for strategy in self.strategies:
+            coefs = self.coefficients.get(strategy)
+            if not coefs:
+                raise ValueError(f"no sparsity coefficients given for strategy {strategy!r}")
+            if len(set(coefs)) != len(coefs):
+                raise ValueError(f"coefficients for {strategy!r} repeat a value: {coefs}")
+            if any(not math.isfinite(c) or c < 0 for c in coefs):
+                raise ValueError(f"coefficients for {strategy!r} must be >= 0, got {coefs}")
+        for name in ("context_size", "d_sae", "training_tokens", "n_eval_sequences"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.train_batch_size_tokens % self.context_size:
+            raise ValueError(
+                f"train_batch_size_tokens={self.train_batch_size_tokens} must be a multiple of "
+                f"context_size={self.context_size}"
+            )
+        if self.training_tokens < self.train_batch_size_tokens:
+            raise ValueError(
+                f"training_tokens={self.training_tokens} is less than one batch "
+                f"({self.train_batch_size_tokens} tokens)"
+            )
+        if self.model is None and self.context_size > self.lm.n_ctx:
+            raise ValueError(f"context_size={self.context_size} exceeds lm.n_ctx={self.lm.n_ctx}")
+
+
+def resolve_device(device: str) -> str:
+    """`auto` picks CUDA when there is one."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def runner_eval_sequences(cfg: QuickstartConfig, tiny: bool) -> int:
+    """Sequences each runner holds out from the start of its stream for its own evaluation:
+    a token batch for the tiny model (our held-out text is separate), else our eval set."""
+    batch = eval_batch_size(cfg)
+    return batch if tiny else max(1, cfg.n_eval_sequences // batch) * batch
+
+
+def eval_batch_size(cfg: QuickstartConfig) -> int:
+    return min(cfg.eval_batch_size, cfg.n_eval_sequences)

@@ -1,0 +1,86 @@
+"""The SAELens runner config of one quickstart run: only strategy and lambda vary across runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sae_lens_e2e.quickstart.config import QuickstartConfig, eval_batch_size, runner_eval_sequences
+from sae_lens_e2e.quickstart.tiny_lm import TINY_MODEL_NAME
+from sae_lens_e2e.training.config import STRATEGIES
+
+
+def run_label(strategy: str, coefficient: float) -> str:
+    return f"{strategy}_lambda{coefficient:g}"
+
+
+def sae_seed(seed: int, strategy: str) -> int:
+    """SAE init seed: `seed` plus the strategy's index. The runner's seed only sets the
+    initialisation (the data order is fixed), so every run sees the same tokens, the runs of
+    one strategy share an init, and different strategies do not: otherwise their decoders
+    stay close to one shared start and the cross-strategy geometry measures only that."""
+    return seed + STRATEGIES.index(strategy)
+
+
+def build_runner_config(
+    cfg: QuickstartConfig,
+    hook: str,
+    d_in: int,
+    strategy: str,
+    coefficient: float,
+    output_path: Path | None,
+    device: str,
+    tiny: bool = False,
+) -> Any:
+    """One SAELens runner config of the sweep; only strategy and lambda vary across runs."""
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    from sae_lens_e2e.training.config import E2EStandardTrainingSAEConfig
+
+    sae_kwargs: dict[str, Any] = dict(
+        d_in=d_in, d_sae=cfg.d_sae or 8 * d_in, strategy=strategy, l1_coefficient=coefficient
+    )
+    if strategy == "e2e_ds" and cfg.in_to_orig_coefficient is not None:
+        sae_kwargs["in_to_orig_coefficient"] = cfg.in_to_orig_coefficient
+    sae_kwargs.update(cfg.sae_overrides)
+    batch = eval_batch_size(cfg)
+    fields: dict[str, Any] = dict(
+        model_name=TINY_MODEL_NAME if tiny else cfg.model,
+        hook_name=hook,
+        dataset_path="" if tiny else cfg.dataset,
+        is_dataset_tokenized=True,
+        prepend_bos=not tiny,
+        streaming=not tiny,
+        context_size=cfg.context_size,
+        train_batch_size_tokens=cfg.train_batch_size_tokens,
+        training_tokens=cfg.training_tokens,
+        store_batch_size_prompts=batch,
+        eval_batch_size_prompts=batch,
+        n_eval_batches=runner_eval_sequences(cfg, tiny) // batch,
+        lr=cfg.lr,
+        lr_scheduler_name="cosineannealing",
+        # Never the whole run: SAELens's cosine schedule needs steps after the warmup.
+        lr_warm_up_steps=min(
+            cfg.lr_warm_up_steps, cfg.training_tokens // cfg.train_batch_size_tokens // 2
+        ),
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=None if output_path is None else str(output_path),
+        checkpoint_path=None,
+        n_checkpoints=0,
+        save_final_checkpoint=False,
+        verbose=False,
+        device=device,
+        act_store_device=device,
+        seed=sae_seed(cfg.seed, strategy),
+        model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs or {},
+    )
+    overrides = dict(cfg.runner_overrides)
+    if isinstance(overrides.get("logger"), Mapping):  # from YAML
+        overrides["logger"] = LoggingConfig(**{"log_to_wandb": False, **overrides["logger"]})
+    fields.update(overrides)
+    runner_cfg = LanguageModelSAERunnerConfig(
+        sae=E2EStandardTrainingSAEConfig(**sae_kwargs), **fields
+    )
+    runner_cfg.checkpoint_path = None  # SAELens appends a random id in post-init
+    return runner_cfg
