@@ -1,4 +1,5 @@
-"""`sae-lens-e2e` command line: one sub-command per module, each adding its own parser."""
+"""`sae-lens-e2e` command line: the entry point; one sub-command per module, each adding its own
+parser (train, convert, export, quickstart)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 SUBCOMMAND_MODULES = [
     "sae_lens_e2e.cli.train",
     "sae_lens_e2e.cli.convert",
+    "sae_lens_e2e.cli.export",
     "sae_lens_e2e.cli.quickstart",
 ]
 

@@ -1,4 +1,4 @@
-"""`sae-lens-e2e convert` and `sae-lens-e2e export`: reference e2e checkpoints <-> SAELens."""
+"""`sae-lens-e2e convert`: reference e2e checkpoints (local, wandb, Hugging Face) -> SAELens."""
 
 from __future__ import annotations
 
@@ -26,12 +26,7 @@ CONVERT_EPILOG = textwrap.dedent(
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `convert` (reference -> SAELens) and `export` (SAELens -> reference)."""
-    _add_convert(subparsers)
-    _add_export(subparsers)
-
-
-def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    """Register `convert` (reference -> SAELens)."""
     p = subparsers.add_parser(
         "convert",
         help="convert a published / reference e2e SAE checkpoint to SAELens folders",
@@ -56,22 +51,8 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_convert)
 
 
-def _add_export(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "export",
-        help="export SAELens SAE folders to the reference e2e_sae state-dict format",
-        description="Write SAELens standard SAE(s) as a reference .pt state dict plus a "
-        "final_config.yaml, loadable by e2e_sae's SAETransformer.from_local_path.",
-    )
-    p.add_argument("sae_dirs", nargs="+", type=Path, metavar="SAE_DIR", help="SAELens folder(s)")
-    p.add_argument("--out", required=True, type=Path, help="output .pt (e.g. samples_0.pt)")
-    p.add_argument("--config-out", type=Path, help="config path (default: final_config.yaml "
-                   "beside --out)")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", help="replace existing files")
-    p.set_defaults(func=run_export)
-
-
-def _fail(message: str) -> int:
+def fail(message: str) -> int:
+    """A conversion error: one line on stderr, exit status 1."""
     print(f"error: {message}", file=sys.stderr)
     return 1
 
@@ -95,24 +76,5 @@ def run_convert(args: argparse.Namespace) -> int:
                                      private=args.private or None)  # fmt: skip
                 print(f"  pushed: SAE.from_pretrained({args.push_to_hub!r}, {sae_id!r})")
     except E2EConversionError as e:
-        return _fail(str(e))
-    return 0
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from sae_lens import SAE
-
-    from sae_lens_e2e.loading.export import export_reference_checkpoint
-    from sae_lens_e2e.loading.reference_format import E2EConversionError
-
-    try:
-        saes = []
-        for d in args.sae_dirs:
-            if not (d / "cfg.json").is_file():
-                raise E2EConversionError(f"{d}: not a SAELens folder (no cfg.json)")
-            saes.append(SAE.load_from_disk(d))
-        pt, cfg = export_reference_checkpoint(saes, args.out, args.config_out, args.overwrite)
-    except E2EConversionError as e:
-        return _fail(str(e))
-    print(f"wrote {pt} and {cfg}")
+        return fail(str(e))
     return 0
