@@ -2,12 +2,12 @@
 
 Without a model it needs no GPU and no internet: it trains a small byte-level
 TransformerLens model on the English text of the CPython documentation that ships with every
-Python (`pydoc_data.topics`), caches it (see `sae_lens_e2e.quickstart.tiny_lm`), then trains `local`, `e2e` and `e2e_ds` SAEs at its
-middle layer for a few sparsity coefficients each (same dictionary size, same tokens, same
-runner as `sae-lens-e2e train`), evaluates every saved SAE on held-out text and writes a
-report (see `sae_lens_e2e.analysis.report`). With `model` and `dataset` the same pipeline runs on any
-TransformerLens model and Hugging Face dataset (e.g. the paper's GPT-2 run,
-`examples/quickstart_gpt2.yaml`).
+Python (`pydoc_data.topics`; see `tiny_lm`), caches it, then trains `local`, `e2e` and
+`e2e_ds` SAEs at its middle layer for a few sparsity coefficients each (`sweep`: same
+dictionary size, same tokens, same runner as `sae-lens-e2e train`), evaluates every saved SAE
+on held-out text and writes a report (`sae_lens_e2e.analysis.report`). With `model` and
+`dataset` the same pipeline runs on any TransformerLens model and Hugging Face dataset (e.g.
+the paper's GPT-2 run, `examples/quickstart_gpt2.yaml`).
 
 Held-out text. Tiny model: whole documents are held out (never seen by the language model
 or the SAEs). Hugging Face dataset: the first `n_eval_sequences` sequences of the stream; the
