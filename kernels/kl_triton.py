@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from .dispatch import interpret_mode
+from .launch import Launch, run
 
 INTERPRETED = interpret_mode()  # how the @triton.jit below were built
 
@@ -69,24 +70,35 @@ def _kl_bwd_kernel(new_ptr, orig_ptr, lse_n_ptr, lse_o_ptr, g_ptr, out_ptr, V, s
 
 
 def _blocks(v: int) -> tuple[int, int]:
+    """(BV, num_warps): vocabulary chunk per loop step (smaller under the slow interpreter)."""
     if interpret_mode():
         return min(triton.next_power_of_2(v), 1024), 4
     return min(triton.next_power_of_2(v), 4096), 8
 
 
-def kl_forward(new: torch.Tensor, orig: torch.Tensor):
-    """Per-row KL and the two log-sum-exps (all fp32, [N])."""
+def kl_forward_launches(new: torch.Tensor, orig: torch.Tensor):
+    """([launch], (per-row KL, lse_new, lse_orig)), all fp32 [N]."""
     n, v = new.shape
     kl, lse_n, lse_o = (torch.empty(n, device=new.device, dtype=torch.float32) for _ in range(3))
     bv, warps = _blocks(v)
-    _kl_fwd_kernel[(n,)](new, orig, kl, lse_n, lse_o, v, BV=bv, num_warps=warps)
-    return kl, lse_n, lse_o
+    launch = Launch(_kl_fwd_kernel, (n,), (new, orig, kl, lse_n, lse_o, v), {"BV": bv}, warps)
+    return [launch], (kl, lse_n, lse_o)
 
 
-def kl_backward(new, orig, lse_n, lse_o, g: torch.Tensor) -> torch.Tensor:
+def kl_forward(new: torch.Tensor, orig: torch.Tensor):
+    """Per-row KL and the two log-sum-exps (all fp32, [N])."""
+    return run(*kl_forward_launches(new, orig))
+
+
+def kl_backward_launches(new, orig, lse_n, lse_o, g: torch.Tensor):
     n, v = new.shape
     out = torch.empty_like(new)
     bv, warps = _blocks(v)
     g32 = g.reshape(1).to(torch.float32)
-    _kl_bwd_kernel[(n,)](new, orig, lse_n, lse_o, g32, out, v, 1.0 / n, BV=bv, num_warps=warps)
-    return out
+    launch = Launch(_kl_bwd_kernel, (n,), (new, orig, lse_n, lse_o, g32, out, v, 1.0 / n),
+                    {"BV": bv}, warps)  # fmt: skip
+    return [launch], out
+
+
+def kl_backward(new, orig, lse_n, lse_o, g: torch.Tensor) -> torch.Tensor:
+    return run(*kl_backward_launches(new, orig, lse_n, lse_o, g))

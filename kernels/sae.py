@@ -20,11 +20,10 @@ def _encode(x, W_enc, b_enc, activation, k, threshold):
     """Dense acts, per-row nnz and, for TopK, the (cols, vals) of the selected latents."""
     kt = dispatch.kernel_module("sae_triton")
 
-    fused = dispatch.interpret_mode() or x.dtype != torch.float32
-    fused = fused or torch.backends.cuda.matmul.allow_tf32
-    act = {"relu": kt.ACT_RELU, "jumprelu": kt.ACT_JUMPRELU, "topk": kt.ACT_NONE}[activation]
-    if fused:
-        acts, cnt = kt.encode(x, W_enc, b_enc, threshold, act)
+    cfg = kt.encode_config(x.dtype, torch.backends.cuda.matmul.allow_tf32)
+    act = kt.ACTIVATIONS[activation]
+    if cfg is not None:
+        acts, cnt = kt.encode(x, W_enc, b_enc, threshold, act, cfg)
     else:  # fp32 without TF32: cuBLAS SGEMM beats a Triton FMA GEMM; keep torch here
         acts = torch.addmm(b_enc, x, W_enc)
         if act == kt.ACT_RELU:

@@ -14,10 +14,13 @@ import triton
 import triton.language as tl
 
 from .dispatch import interpret_mode
+from .launch import Launch, run
 
 INTERPRETED = interpret_mode()  # how the @triton.jit below were built
 
 ACT_NONE, ACT_RELU, ACT_JUMPRELU = 0, 1, 2
+#: The encoder epilogue per SAE activation (TopK selects afterwards, in torch).
+ACTIVATIONS = {"topk": ACT_NONE, "relu": ACT_RELU, "jumprelu": ACT_JUMPRELU}
 
 
 @triton.jit
@@ -158,37 +161,56 @@ def _row_blocks(d: int) -> tuple[int, int, int]:
     return bd, max(1, ROW_TILE // bd), 4 if bd <= 512 else 8
 
 
-def encode(x, W_enc, b_enc, threshold, act: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused GEMM + bias + activation. Returns (acts or pre-activations, per-row nnz)."""
+def encode_config(dtype: torch.dtype, tf32: bool) -> dict | None:
+    """Constexprs and options of the fused encoder, or None where it is not used.
+
+    None: fp32 without TF32 on a GPU, where cuBLAS SGEMM beats a Triton FMA GEMM (sae.py then
+    runs torch). The interpreter has no bf16 dot and is slow, hence ieee and small tiles there.
+    """
+    if interpret_mode():
+        return {"PREC": "ieee", "BM": 32, "BN": 64, "BK": 32, "num_warps": 4}
+    half = dtype in (torch.float16, torch.bfloat16)
+    if not (half or tf32):
+        return None
+    return {"PREC": "tf32", "BM": 128, "BN": 128, "BK": 64 if half else 32, "num_warps": 8,
+            "num_stages": 3}  # fmt: skip
+
+
+def encode_launches(x, W_enc, b_enc, threshold, act: int, cfg: dict):
+    """Fused GEMM + bias + activation: ([launch], (acts or pre-activations, per-row nnz))."""
     n, d = x.shape
     s = W_enc.shape[1]
     out = torch.empty(n, s, device=x.device, dtype=x.dtype)
     cnt = torch.zeros(n, device=x.device, dtype=torch.int32)
-    half = x.dtype in (torch.float16, torch.bfloat16)
-    if interpret_mode():
-        prec, bm, bn, bk, warps = "ieee", 32, 64, 32, 4
-    else:
-        prec = "tf32" if half or torch.backends.cuda.matmul.allow_tf32 else "ieee"
-        bm, bn, bk, warps = (128, 128, 64, 8) if half else (128, 128, 32, 8)
-    grid = (triton.cdiv(n, bm) * triton.cdiv(s, bn),)
+    cfg = dict(cfg)
+    warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages", None)
+    grid = (triton.cdiv(n, cfg["BM"]) * triton.cdiv(s, cfg["BN"]),)
     thr = threshold if threshold is not None else b_enc
-    kw = {} if interpret_mode() else {"num_stages": 3}
-    _encode_kernel[grid](x, W_enc, b_enc, thr, out, cnt, n, d, s, ACT=act, PREC=prec,
-                         BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=warps, **kw)  # fmt: skip
-    return out, cnt
+    launch = Launch(_encode_kernel, grid, (x, W_enc, b_enc, thr, out, cnt, n, d, s),
+                    {"ACT": act, **cfg, "GROUP_M": 8}, warps, stages)  # fmt: skip
+    return [launch], (out, cnt)
 
 
-def decode(rowptr, cols, vals, W_dec, inv_norm, b_dec, n_rows: int) -> torch.Tensor:
+def encode(x, W_enc, b_enc, threshold, act: int, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the fused encoder with cfg = encode_config(...): (acts, per-row nnz)."""
+    return run(*encode_launches(x, W_enc, b_enc, threshold, act, cfg))
+
+
+def decode_launches(rowptr, cols, vals, W_dec, inv_norm, b_dec, n_rows: int):
     d = W_dec.shape[1]
     out = torch.empty(n_rows, d, device=W_dec.device, dtype=W_dec.dtype)
     bd, bk, warps = _row_blocks(d)
-    _decode_kernel[(n_rows,)](rowptr, cols, vals, W_dec, inv_norm, b_dec, out, d,
-                              BK=bk, BD=bd, num_warps=warps)  # fmt: skip
-    return out
+    launch = Launch(_decode_kernel, (n_rows,), (rowptr, cols, vals, W_dec, inv_norm, b_dec, out, d),
+                    {"BK": bk, "BD": bd}, warps)  # fmt: skip
+    return [launch], out
 
 
-def backward(csr, csc, g_out, g_acts, x, W_encT, W_dec, inv_norm, eps: float):
-    """Sparse backward: returns (dx, dW_encT, db_enc, dW_dec).
+def decode(rowptr, cols, vals, W_dec, inv_norm, b_dec, n_rows: int) -> torch.Tensor:
+    return run(*decode_launches(rowptr, cols, vals, W_dec, inv_norm, b_dec, n_rows))
+
+
+def backward_launches(csr, csc, g_out, g_acts, x, W_encT, W_dec, inv_norm, eps: float):
+    """Sparse backward: ([row launch, column launch], (dx, dW_encT, db_enc, dW_dec)).
 
     csr = (rowptr, cols, vals, nnz); csc = (perm, rows in column order, per-latent counts).
     """
@@ -200,8 +222,9 @@ def backward(csr, csc, g_out, g_acts, x, W_encT, W_dec, inv_norm, eps: float):
     dpre = torch.empty(max(nnz, 1), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
     ga = g_acts if g_acts is not None else dpre
-    _bwd_row_kernel[(n,)](rowptr, cols, vals, g_out, ga, W_dec, inv_norm, W_encT, dpre, dx, d, s,
-                          HAS_GA=g_acts is not None, BK=bk, BD=bd, num_warps=warps)  # fmt: skip
+    row = Launch(_bwd_row_kernel, (n,),
+                 (rowptr, cols, vals, g_out, ga, W_dec, inv_norm, W_encT, dpre, dx, d, s),
+                 {"HAS_GA": g_acts is not None, "BK": bk, "BD": bd}, warps)  # fmt: skip
     colptr = torch.zeros(s + 1, device=x.device, dtype=torch.int64)
     colptr[1:] = torch.cumsum(counts, 0)
     if nnz == 0:
@@ -209,6 +232,12 @@ def backward(csr, csc, g_out, g_acts, x, W_encT, W_dec, inv_norm, eps: float):
     dW_dec = torch.empty_like(W_dec)
     dW_encT = torch.empty(s, d, device=x.device, dtype=W_encT.dtype)
     db_enc = torch.empty(s, device=x.device, dtype=W_encT.dtype)
-    _bwd_col_kernel[(s,)](colptr, rows_c, perm, vals, dpre, g_out, x, W_dec, dW_dec, dW_encT,
-                          db_enc, d, eps, BT=bk, BD=bd, num_warps=warps)  # fmt: skip
-    return dx, dW_encT, db_enc, dW_dec
+    col = Launch(_bwd_col_kernel, (s,),
+                 (colptr, rows_c, perm, vals, dpre, g_out, x, W_dec, dW_dec, dW_encT, db_enc, d,
+                  eps), {"BT": bk, "BD": bd}, warps)  # fmt: skip
+    return [row, col], (dx, dW_encT, db_enc, dW_dec)
+
+
+def backward(csr, csc, g_out, g_acts, x, W_encT, W_dec, inv_norm, eps: float):
+    """Sparse backward: returns (dx, dW_encT, db_enc, dW_dec); see backward_launches."""
+    return run(*backward_launches(csr, csc, g_out, g_acts, x, W_encT, W_dec, inv_norm, eps))
