@@ -137,6 +137,16 @@ def test_sae_edge_cases(case, n, s, shift, dth):
         assert got[0].count_nonzero() == got[0].numel()
 
 
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_encoder_nnz_count_ignores_tile_padding(activation):
+    """The encoder counts nonzeros per row without a mask: every latent active, with rows and
+    columns past the last tile's edge (33 tokens, 203 latents), the sparse path's CSR (built
+    from the count) must still hold exactly the active entries."""
+    ps, thr = make_params(33, 48, 203, torch.float32, b_enc_shift=100.0)
+    got = compare(ps, thr, activation, torch.float32, SPARSE)
+    assert got[0].count_nonzero() == got[0].numel()
+
+
 @pytest.mark.parametrize("dth", [SPARSE, DENSE], ids=["sparse", "dense"])
 def test_sae_one_latent_active(dth):
     ps, thr = make_params(16, 48, 130, torch.float32, b_enc_shift=-100.0)
