@@ -11,8 +11,6 @@ import yaml
 from sae_lens_e2e.training.config import STRATEGIES
 
 DEFAULT_OUT = "e2e_quickstart"
-# The paper's GPT-2 layer-6 lambdas (similar CE increase); the default for --model runs.
-PAPER_COEFFICIENTS = {"local": [4.0], "e2e": [3.0], "e2e_ds": [50.0]}
 
 DESCRIPTION = """\
 Train local, e2e and e2e_ds sparse autoencoders on the same model and tokens, evaluate them
@@ -31,7 +29,13 @@ examples:
   sae-lens-e2e quickstart --out run2 --strategies local,e2e --coefficients local=3,10 e2e=0.3,1
   sae-lens-e2e quickstart --config examples/quickstart_gpt2.yaml   # the paper's GPT-2 run (GPU)
   sae-lens-e2e quickstart --model gpt2 --dataset apollo-research/Skylion007-openwebtext-tokenizer-gpt2 \\
-      --hook blocks.6.hook_resid_pre --context-size 1024 --d-sae 46080 --training-tokens 409600000
+      --training-tokens 20000000                  # the paper's settings, a 20x shorter run
+
+--model gpt2 (GPT-2 small) runs as the paper did for everything not given: TransformerLens's
+default processing (fold_ln, centred weights), no BOS, 1024-token rows, blocks.6.hook_resid_pre,
+46080 latents, batches of 16 sequences as 2 x 8, lr 5e-4 with 1250 warm-up steps and cosine
+decay to 5e-5, grad clip 10, the layer-6 lambdas, 512 held-out sequences (alive latents over
+>= 500k tokens). --dataset and --training-tokens stay yours (the paper: 409600000).
 
 --config takes a YAML file whose keys are the long option names with '_' for '-' (model,
 dataset, hook, d_sae, training_tokens, coefficients: {local: [4.0], e2e: [3.0]}, ...) plus
@@ -105,8 +109,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
             **raw.get("coefficients", {}),
             **parse_coefficients(args.coefficients),
         }
-    elif raw.get("model") and "coefficients" not in raw:
-        raw["coefficients"] = PAPER_COEFFICIENTS
     if args.compare_sae:
         raw["compare_saes"] = [*raw.get("compare_saes", []), *args.compare_sae]
     return QuickstartConfig.from_dict(raw, source=args.config or "command line")

@@ -14,22 +14,35 @@ from sae_lens_e2e.config_fields import check_known_fields
 from sae_lens_e2e.training.sae import _ARCHITECTURES, register_e2e_architectures
 
 EXAMPLE = """\
-example CONFIG.yaml (every field of SAELens's LanguageModelSAERunnerConfig may appear):
+example CONFIG.yaml, the paper's GPT-2 layer-6 e2e_ds run (every field of SAELens's
+LanguageModelSAERunnerConfig may appear; examples/ has all three strategies):
 
   model_name: gpt2
+  model_from_pretrained_kwargs:     # TransformerLens's from_pretrained defaults, as the paper
+    fold_ln: true
+    center_writing_weights: true
+    center_unembed: true
+    fold_value_biases: true
   hook_name: blocks.6.hook_resid_pre
   dataset_path: apollo-research/Skylion007-openwebtext-tokenizer-gpt2
+  is_dataset_tokenized: true
+  prepend_bos: false                # the rows are pre-tokenised text, no BOS
   context_size: 1024
-  train_batch_size_tokens: 8192
-  training_tokens: 409600000
+  train_batch_size_tokens: 16384    # 16 sequences per optimiser step
+  training_tokens: 409600000        # 400k samples
   lr: 5.0e-4
   lr_scheduler_name: cosineannealing
+  lr_warm_up_steps: 1250            # 20k samples
+  lr_end: 5.0e-5                    # min_lr_factor 0.1
   sae:
     architecture: e2e_standard      # or e2e_topk (then give k)
     d_in: 768
     d_sae: 46080
     strategy: e2e_ds                # local | e2e | e2e_ds
     l1_coefficient: 50.0            # the paper's lambda
+    in_to_orig_coefficient: 2.5
+    grad_clip_norm: 10.0
+    gradient_accumulation_steps: 2  # batches of 8 sequences
   logger:
     log_to_wandb: false
 """

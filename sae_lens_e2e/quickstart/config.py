@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from sae_lens_e2e import paper_settings
 from sae_lens_e2e.config_fields import check_known_fields
 from sae_lens_e2e.quickstart.tiny_lm import (
     TinyLMConfig,
@@ -56,6 +57,7 @@ class QuickstartConfig:
     compare_saes: list[str] = field(default_factory=list)  # extra SAELens SAE folders
     lm: TinyLMConfig = field(default_factory=TinyLMConfig)
     model_from_pretrained_kwargs: dict[str, Any] | None = None
+    prepend_bos: bool | None = None  # None: False for the tiny model, else SAELens's True
     # Extra fields for SAELens's LanguageModelSAERunnerConfig / our SAE config (paper runs).
     runner_overrides: dict[str, Any] = field(default_factory=dict)
     sae_overrides: dict[str, Any] = field(default_factory=dict)
@@ -65,9 +67,14 @@ class QuickstartConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> QuickstartConfig:
-        """Build from a mapping (YAML), rejecting unknown keys so typos are caught."""
+        """Build from a mapping (YAML), rejecting unknown keys so typos are caught. Keys not
+        given take the model's defaults (`model_defaults`), then the tiny model's."""
         raw = dict(raw)
         lm = raw.pop("lm", None) or {}
+        for name, value in model_defaults(raw.get("model")).items():
+            given = raw.get(name)
+            merge = name.endswith("_overrides") and isinstance(given, Mapping)
+            raw[name] = {**value, **given} if merge else raw.get(name, value)
         check_known_fields(source, raw, cls)
         check_known_fields(f"{source}: lm", lm, TinyLMConfig)
         try:
@@ -110,6 +117,34 @@ class QuickstartConfig:
             )
         if self.model is None and self.context_size > self.lm.n_ctx:
             raise ValueError(f"context_size={self.context_size} exceeds lm.n_ctx={self.lm.n_ctx}")
+
+
+def model_defaults(model: str | None) -> dict[str, Any]:
+    """GPT-2 small runs as the paper ran it (`paper_settings`: model processing, no BOS, 1024
+    tokens, batch 16 as 2 x 8, LR schedule, grad clip 10, dictionary, layer-6 lambdas, alive
+    latents over >= 500k held-out tokens); the token budget and the dataset stay the user's.
+    Any other named model gets the paper's lambdas."""
+    coefficients = {k: list(v) for k, v in paper_settings.COEFFICIENTS.items()}
+    if model is None:
+        return {}
+    if not paper_settings.is_paper_model(model):
+        return {"coefficients": coefficients}
+    runner, sae = paper_settings.runner_settings(), paper_settings.sae_settings()
+    return {
+        "hook": paper_settings.HOOK,
+        "context_size": runner["context_size"],
+        "d_sae": sae["d_sae"],
+        "train_batch_size_tokens": runner["train_batch_size_tokens"],
+        "lr": runner["lr"],
+        "lr_warm_up_steps": runner["lr_warm_up_steps"],
+        "coefficients": coefficients,
+        "in_to_orig_coefficient": paper_settings.IN_TO_ORIG_COEFFICIENT,
+        "n_eval_sequences": 512,  # 524k tokens: alive latents as the paper counts them
+        "eval_batch_size": 8,
+        "prepend_bos": runner["prepend_bos"],
+        "model_from_pretrained_kwargs": runner["model_from_pretrained_kwargs"],
+        "sae_overrides": {k: sae[k] for k in ("grad_clip_norm", "gradient_accumulation_steps")},
+    }
 
 
 def resolve_device(device: str) -> str:

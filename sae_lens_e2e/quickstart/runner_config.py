@@ -50,7 +50,7 @@ def build_runner_config(
         hook_name=hook,
         dataset_path="" if tiny else cfg.dataset,
         is_dataset_tokenized=True,
-        prepend_bos=not tiny,
+        prepend_bos=False if tiny else cfg.prepend_bos is not False,
         streaming=not tiny,
         context_size=cfg.context_size,
         train_batch_size_tokens=cfg.train_batch_size_tokens,
