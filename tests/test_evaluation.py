@@ -10,6 +10,7 @@ from sae_lens.evals import get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 
 from sae_lens_e2e import evaluate, evaluate_many
+from sae_lens_e2e.analysis.evaluation import explained_variance_per_token
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -104,3 +105,85 @@ def test_explained_variance_of_an_sae_on_a_resid_post_hook():
         y = sae(x)
     expected = 1 - (x - y).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert metrics[f"explained_variance/{hook}"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def _spliced_and_clean(model, sae, hook, tokens):
+    """Activations by plain TransformerLens runs: the SAE's input and output, and every later
+    hook_resid_post with the SAE spliced in and without it."""
+    posts = [f"blocks.{i}.hook_resid_post" for i in range(1, model.cfg.n_layers)]
+    seen = {}
+
+    def splice(act, hook):
+        seen["in"], seen["out"] = act, sae(act)
+        return seen["out"]
+
+    with torch.no_grad():
+        _, clean = model.run_with_cache(tokens, names_filter=posts)
+        with model.hooks(fwd_hooks=[(hook, splice)]):
+            _, spliced = model.run_with_cache(tokens, names_filter=posts)
+    pairs = {hook: (seen["in"], seen["out"])}
+    pairs.update({p: (spliced[p], clean[p]) for p in posts})
+    return pairs
+
+
+def _pooled_ev(prediction, target):
+    """SAELens's pooled explained variance over every token, by brute force (float64)."""
+    x, y = target.flatten(0, 1).double(), prediction.flatten(0, 1).double()
+    mean = x.mean(0)
+    residual = sum(((x[t] - y[t]) ** 2).sum() for t in range(len(x)))
+    variance = sum(((x[t] - mean) ** 2).sum() for t in range(len(x)))
+    return (1 - residual / variance).item()
+
+
+def _per_token_ev(prediction, target, batch_size):
+    """The paper's: per token, 1 - ||pred - target||^2 / ||target - batch mean||^2, target mean
+    over the batch's tokens (reference calc_explained_variance), then the mean over tokens."""
+    values = []
+    for pred, tgt in zip(prediction.split(batch_size), target.split(batch_size), strict=True):
+        pred, tgt = pred.flatten(0, 1).double(), tgt.flatten(0, 1).double()
+        mean = tgt.mean(0)
+        for t in range(len(tgt)):
+            values.append(1 - ((pred[t] - tgt[t]) ** 2).sum() / ((tgt[t] - mean) ** 2).sum())
+    return torch.stack(values).mean().item()
+
+
+def test_explained_variance_pooled_and_per_token_match_brute_force():
+    model, sae, tokens = make_tiny_model(), _stock_sae(seed=2), _tokens(12)
+    batch_size = 5  # uneven last batch: the per-token mean weighs every token equally
+    metrics = evaluate(model, {HOOK: sae}, tokens, batch_size=batch_size)
+    pairs = _spliced_and_clean(model, sae, HOOK, tokens)
+    assert len(pairs) == 4
+    sae_in, sae_out = pairs.pop(HOOK)
+    # At the SAE: pooled as SAELens (output vs input), per token as the reference (which
+    # passes the SAE input as prediction and the SAE output as target).
+    assert metrics[f"explained_variance/{HOOK}"] == pytest.approx(
+        _pooled_ev(sae_out, sae_in), rel=1e-4
+    )
+    assert metrics[f"explained_variance_per_token/{HOOK}"] == pytest.approx(
+        _per_token_ev(sae_in, sae_out, batch_size), rel=1e-4
+    )
+    for post, (spliced, clean) in pairs.items():
+        assert metrics[f"explained_variance/{post}"] == pytest.approx(
+            _pooled_ev(spliced, clean), rel=1e-4
+        ), post
+        assert metrics[f"explained_variance_per_token/{post}"] == pytest.approx(
+            _per_token_ev(spliced, clean, batch_size), rel=1e-4
+        ), post
+    # Different quantities (else the test above could not tell the names apart).
+    assert (
+        abs(metrics[f"explained_variance/{HOOK}"] - metrics[f"explained_variance_per_token/{HOOK}"])
+        > 1e-3
+    )
+
+
+def test_per_token_explained_variance_is_not_dominated_by_one_large_token():
+    """GPT-2's first position has a huge norm: pooled EV is all about it, per token is not."""
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 64, 8, generator=gen)
+    target[:, 0] *= 100.0
+    prediction = target.clone()
+    prediction[:, 1:] += 2 * torch.randn(2, 63, 8, generator=gen)  # small tokens are missed
+    per_token = explained_variance_per_token(prediction, target)
+    assert per_token.shape == (2, 64)
+    assert per_token.mean().item() < 0
+    assert _pooled_ev(prediction, target) > 0.95

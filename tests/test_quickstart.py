@@ -15,7 +15,8 @@ import yaml
 from conftest import make_tiny_model
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
-from sae_lens_e2e.analysis.report import parse_markdown_table
+from sae_lens_e2e.analysis.evaluation import alive_tokens_note
+from sae_lens_e2e.analysis.report import EV_KINDS, parse_markdown_table
 from sae_lens_e2e.cli import main
 from sae_lens_e2e.cli.quickstart import parse_coefficients
 from sae_lens_e2e.quickstart.config import QuickstartConfig
@@ -309,3 +310,29 @@ def test_hf_dataset_shorter_than_budget_is_refused(tmp_path, monkeypatch):
     rc, _, err = _cli("--config", _hf_config(tmp_path, data, 64 * 10), "--out", out)
     assert rc == 2 and "ran out" in err, err
     assert not out.exists() and not list(tmp_path.glob(".report.*"))
+
+
+def test_report_has_both_explained_variances_and_alive_tokens(quickstart_run):
+    out = quickstart_run["out"]
+    text = (out / "report.md").read_text()
+    rows, runs = parse_markdown_table(text), _runs(out)
+    posts = [h for h in rows[0] if h.startswith("EV blocks.") and h.endswith("(pooled)")]
+    assert posts == ["EV blocks.1.hook_resid_post (pooled)", "EV blocks.2.hook_resid_post (pooled)"]
+    differ = 0
+    for row, run in zip(rows, runs, strict=True):
+        m = run["metrics"]
+        for hook, column in [(HOOK, "EV at SAE"), *((p[3:-9], p[:-9]) for p in posts)]:
+            pooled, per_token = (m[f"{k}/{hook}"] for k in EV_KINDS.values())
+            assert float(row[f"{column} (pooled)"]) == pytest.approx(pooled, abs=6e-4)
+            assert float(row[f"{column} (per token)"]) == pytest.approx(per_token, abs=6e-4)
+            differ += abs(pooled - per_token) > 1e-3
+        assert int(row["alive tokens"].replace(",", "")) == m["n_tokens"] == 24 * 32
+    assert differ, "pooled and per-token EV are different quantities"
+    note = "counted over 768 tokens, fewer than the 500,000 the paper counts over"
+    assert note in text and note in quickstart_run["stdout"]
+    assert "EV per token" in quickstart_run["stdout"]
+
+
+def test_alive_note_only_below_the_papers_500k_tokens():
+    assert alive_tokens_note(500_000) == ""
+    assert "499,999 tokens" in alive_tokens_note(499_999)

@@ -288,3 +288,16 @@ def test_final_save_keeps_other_content_of_output_path(tmp_path):
     assert (out / "notes.txt").read_text() == "keep me"
     assert (out / "ckpt" / "step_000000004" / "trainer_state.pt").is_file()
     assert (out / HOOK / "cfg.json").is_file() and (out / "eval_results.json").is_file()
+
+
+def test_eval_results_and_summary_have_both_explained_variances(tmp_path, capsys):
+    runner = _runner(runner_config(tmp_path, steps=4))
+    runner.run()
+    saved = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    printed = capsys.readouterr().out
+    hooks = [HOOK, *(f"blocks.{i}.hook_resid_post" for i in range(1, 4))]
+    for key in ("explained_variance", "explained_variance_per_token"):
+        for hook in hooks:
+            assert saved[f"{key}/{hook}"] == runner.eval_results[f"{key}/{hook}"], (key, hook)
+            assert f"{key}/{hook}:" in printed
+    assert f"alive latents were counted over {saved['n_tokens']:,} tokens" in printed

@@ -1,7 +1,15 @@
 """Evaluation of spliced SAEs: CE clean / with SAEs / zero-ablated, KL, L0, alive, variance.
 
 Several SAE sets are evaluated on the same tokens with one shared prefix and clean run per
-batch. Explained variance uses SAELens's pooled `ExplainedVarianceCalculator`.
+batch. Explained variance comes two ways, under two names:
+
+- `explained_variance/<hook>`: SAELens's pooled ratio of sums over every token
+  (`ExplainedVarianceCalculator`), 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2.
+- `explained_variance_per_token/<hook>`: the paper's (reference `calc_explained_variance`),
+  1 - ||pred - target||^2 / ||target - batch mean||^2 for each token, then the mean over tokens.
+  Tokens with a large norm (GPT-2's first position) weigh no more than others here, so the
+  two can differ a lot. The batch mean is over the evaluation batch's tokens, as the reference
+  (whose GPT-2 evaluation batch is 8 x 1024 tokens, this function's default batch size).
 """
 
 from __future__ import annotations
@@ -16,11 +24,35 @@ from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from sae_lens_e2e.paper_settings import ALIVE_TOKENS
 from sae_lens_e2e.training.losses import l0, logits_kl
 from sae_lens_e2e.training.splice import hook_layer, run_prefix, run_suffix
 from sae_lens_e2e.training.validation import check_sae_fits
 
 SAESet = Mapping[str, Any]
+
+
+@dataclass
+class _Mean:
+    """Mean of per-token values over every token added."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, values: torch.Tensor) -> None:
+        self.total += values.double().sum().item()
+        self.count += values.numel()
+
+    def compute(self) -> float:
+        return self.total / self.count
+
+
+def explained_variance_per_token(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The reference's `calc_explained_variance`, one value per token: 1 - ||pred - target||^2 /
+    ||target - mean||^2, with the target's mean over every token of the batch. [..., d] -> [...]"""
+    prediction, target = prediction.float(), target.float()
+    batch_mean = target.flatten(0, -2).mean(0)
+    return 1 - (prediction - target).pow(2).sum(-1) / (target - batch_mean).pow(2).sum(-1)
 
 
 @dataclass
@@ -34,6 +66,7 @@ class _Accumulator:
     l0: dict[str, float] = field(default_factory=dict)
     fired: dict[str, torch.Tensor] = field(default_factory=dict)
     ev: dict[str, ExplainedVarianceCalculator] = field(default_factory=dict)
+    ev_per_token: dict[str, _Mean] = field(default_factory=dict)
 
 
 def _token_ce(model: HookedTransformer, logits: torch.Tensor, tokens: torch.Tensor) -> float:
@@ -80,14 +113,24 @@ def _add_batch(
             fired = (acts > 0).sum(0)
             acc.fired[h] = acc.fired[h] + fired if h in acc.fired else fired
             _ev(acc, h, spliced.sae_out[h], spliced.sae_in[h])
+            # The reference's per-token EV at an SAE takes the SAE *output* as the target
+            # (its out_to_in term calls calc_explained_variance(input, output)).
+            _ev_per_token(acc, h, spliced.sae_in[h], spliced.sae_out[h])
         for h in spliced.acts:
             _ev(acc, h, spliced.acts[h], clean.acts[h])
+            _ev_per_token(acc, h, spliced.acts[h], clean.acts[h])
     return ce_clean
 
 
 def _ev(acc: _Accumulator, key: str, prediction: torch.Tensor, target: torch.Tensor) -> None:
     calc = acc.ev.setdefault(key, ExplainedVarianceCalculator())
     calc.add_batch(prediction.flatten(0, -2).float(), target.flatten(0, -2).float())
+
+
+def _ev_per_token(
+    acc: _Accumulator, key: str, prediction: torch.Tensor, target: torch.Tensor
+) -> None:
+    acc.ev_per_token.setdefault(key, _Mean()).add(explained_variance_per_token(prediction, target))
 
 
 def evaluate_many(
@@ -155,5 +198,18 @@ def _summarise(
         metrics[f"log10_feature_density/{h}"] = torch.log10(acc.fired[h].float() / n_tokens + 1e-10)
     for key, calc in acc.ev.items():
         metrics[f"explained_variance/{key}"] = calc.compute()
+    for key, mean in acc.ev_per_token.items():
+        metrics[f"explained_variance_per_token/{key}"] = mean.compute()
     metrics["l0"] = sum(metrics[f"l0/{h}"] for h in acc.d_sae)
     return metrics
+
+
+def alive_tokens_note(n_tokens: int) -> str:
+    """Empty when alive latents were counted over at least the paper's 500k tokens; else a
+    warning that rarely firing latents count as dead here."""
+    if n_tokens >= ALIVE_TOKENS:
+        return ""
+    return (
+        f"alive latents were counted over {n_tokens:,} tokens, fewer than the {ALIVE_TOKENS:,} "
+        "the paper counts over: latents that fire more rarely count as dead here"
+    )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae_lens_e2e.analysis.evaluation import alive_tokens_note
 from sae_lens_e2e.analysis.geometry import GeometryResult, plot_geometry
 
 REPORT_MD = "report.md"
@@ -62,27 +63,42 @@ class ReportData:
     setup: list[str]  # markdown bullet lines: how the SAEs were trained
 
 
+# Explained variance, two ways (see analysis/evaluation.py): SAELens's pooled ratio of sums
+# and the paper's per-token mean. Each EV column comes as this pair.
+EV_KINDS = {"pooled": "explained_variance", "per token": "explained_variance_per_token"}
 # Fixed columns of the table; downstream EV columns follow (see `downstream_keys`).
 _COLUMNS = (
     "strategy",
     "lambda",
     "L0",
     "alive",
+    "alive tokens",
     "CE clean",
     "CE with SAE",
     "CE zero-abl.",
     "CE increase",
     "CE recovered",
     "KL",
-    "EV at SAE",
+    *(f"EV at SAE ({kind})" for kind in EV_KINDS),
 )
+# The one-screen summary's columns: table header -> its shorter header there.
+_SUMMARY_COLUMNS = {
+    **{h: h for h in ("strategy", "lambda", "L0", "alive", "CE increase", "CE recovered", "KL")},
+    **{f"EV at SAE ({kind})": f"EV {kind}" for kind in EV_KINDS},
+}
 
 
 def downstream_keys(result: ReportData) -> list[str]:
-    """EV keys of the next and the last block after the SAE (all are in report.json)."""
+    """Hooks of the next and the last block after the SAE with EV columns (every hook's EV
+    is in report.json)."""
     keys = sorted(
-        {k for run in result.runs for k in run.metrics if k.startswith("explained_variance/")}
-        - {f"explained_variance/{run.hook}" for run in result.runs},
+        {
+            k.removeprefix("explained_variance/")
+            for run in result.runs
+            for k in run.metrics
+            if k.startswith("explained_variance/")
+        }
+        - {run.hook for run in result.runs},
         key=_block_index,
     )
     return keys if len(keys) <= 2 else [keys[0], keys[-1]]
@@ -107,15 +123,17 @@ def _row(run: SAERun, posts: Sequence[str]) -> list[str]:
         "-" if run.coefficient is None else f"{run.coefficient:g}",
         f"{m[f'l0/{run.hook}']:.2f}",
         f"{m[f'alive/{run.hook}']}/{d_sae}",
+        f"{m['n_tokens']:,}",
         f"{m['ce_loss_clean']:.4f}",
         f"{m['ce_loss_with_sae']:.4f}",
         f"{m['ce_loss_zero_ablation']:.4f}",
         f"{m['ce_loss_increase']:.4f}",
         f"{m['ce_loss_recovered']:.4f}",
         f"{m['kl']:.4f}",
-        f"{m[f'explained_variance/{run.hook}']:.3f}",
     ]
-    return cells + [_fmt(m.get(k)) for k in posts]
+    return cells + [
+        _fmt(m.get(f"{key}/{hook}")) for hook in (run.hook, *posts) for key in EV_KINDS.values()
+    ]
 
 
 def _fmt(value: Any) -> str:
@@ -130,7 +148,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 def table_headers(result: ReportData) -> list[str]:
     posts = downstream_keys(result)
-    return [*_COLUMNS, *(f"EV {k.removeprefix('explained_variance/')}" for k in posts)]
+    return [*_COLUMNS, *(f"EV {hook} ({kind})" for hook in posts for kind in EV_KINDS)]
+
+
+def alive_note(result: ReportData) -> str:
+    """The warning of `alive_tokens_note` for the fewest tokens any SAE was evaluated on."""
+    return alive_tokens_note(min(run.metrics["n_tokens"] for run in result.runs))
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -201,7 +224,12 @@ def plot_pareto(result: ReportData, path: Path) -> Path:
     for run in result.runs:
         groups.setdefault(run.strategy if run.strategy != "loaded" else run.label, []).append(run)
     for ax, (key, xlabel) in zip(
-        axes, (("l0", "L0 (active latents per token)"), ("alive", "alive latents")), strict=True
+        axes,
+        (
+            ("l0", "L0 (active latents per token)"),
+            ("alive", f"alive latents (over {result.n_eval_tokens:,} held-out tokens)"),
+        ),
+        strict=True,
     ):
         for i, (name, runs) in enumerate(groups.items()):
             pts = sorted((_x(r, key), r.metrics["ce_loss_increase"], r) for r in runs)
@@ -324,11 +352,17 @@ def markdown_report(result: ReportData) -> str:
         "",
         "CE increase = CE with SAE - CE clean. CE recovered = (CE zero-abl. - CE with SAE) / "
         "(CE zero-abl. - CE clean). EV = explained variance (at the SAE: SAE output vs input; "
-        "downstream: residual stream with the SAE spliced in vs the clean run). "
-        "alive = latents that fired at least once on the held-out tokens.",
+        "downstream: residual stream with the SAE spliced in vs the clean run), two ways: "
+        "*pooled* is SAELens's, 1 - Σ‖x - x̂‖² / Σ‖x - mean‖² over all tokens; *per token* is "
+        "the paper's (reference `calc_explained_variance`), 1 - ‖x - x̂‖² / ‖x - batch mean‖² "
+        "per token, averaged, with the SAE output as x at the SAE as the reference has it. "
+        "Large-norm tokens (GPT-2's first position) dominate the pooled one only. "
+        "alive = latents that fired at least once on the held-out tokens (alive tokens: how "
+        "many; the paper counts over at least 500k).",
         "",
         markdown_table(table_headers(result), table_rows(result)),
         "",
+        *([f"**Note:** {alive_note(result)}.", ""] if alive_note(result) else []),
         "## e2e vs local at equal L0",
         "",
         *(f"- {line}" for line in comparison_lines(result) or ["(needs >= 2 local runs)"]),
@@ -359,8 +393,9 @@ def write_report(result: ReportData, folder: Path) -> None:
 
 def format_summary(result: ReportData) -> str:
     """The one-screen summary printed at the end."""
-    headers = ["strategy", "lambda", "L0", "alive", "CE increase", "CE recovered", "KL"]
-    rows = [row[:4] + row[7:10] for row in table_rows(result)]
+    headers = list(_SUMMARY_COLUMNS.values())
+    pick = [table_headers(result).index(h) for h in _SUMMARY_COLUMNS]
+    rows = [[row[i] for i in pick] for row in table_rows(result)]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     first = result.runs[0].metrics
@@ -373,6 +408,7 @@ def format_summary(result: ReportData) -> str:
         "",
         fmt.format(*headers),
         *(fmt.format(*r) for r in rows),
+        *([f"note: {alive_note(result)}"] if alive_note(result) else []),
         "",
         *comparison_lines(result),
         "",

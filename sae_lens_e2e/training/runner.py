@@ -17,7 +17,7 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.training.activations_store import ActivationsStore
 from safetensors.torch import save_file
 
-from sae_lens_e2e.analysis.evaluation import evaluate
+from sae_lens_e2e.analysis.evaluation import alive_tokens_note, evaluate
 from sae_lens_e2e.atomic import atomic_directory, atomic_file
 from sae_lens_e2e.training.losses import as_e2e_config, downstream_hooks
 from sae_lens_e2e.training.sae import register_e2e_architectures
@@ -183,9 +183,11 @@ def format_summary(results: dict[str, Any], strategy: str) -> str:
         f"  CE increase {results['ce_loss_increase']:.4f} | CE recovered "
         f"{results['ce_loss_recovered']:.3f} | KL {results['kl']:.4f}",
     ]
+    prefixes = ("l0/", "alive/", "explained_variance/", "explained_variance_per_token/")
     for key, value in results.items():
-        if key.startswith(("l0/", "alive/", "explained_variance/")):
+        if key.startswith(prefixes):
             lines.append(
                 f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}"
             )
-    return "\n".join(lines)
+    note = alive_tokens_note(results["n_tokens"])
+    return "\n".join(lines + ([f"  note: {note}"] if note else []))
