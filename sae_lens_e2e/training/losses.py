@@ -16,7 +16,7 @@ from transformer_lens import HookedTransformer
 
 from sae_lens_e2e import kernels
 from sae_lens_e2e.training.config import E2ETrainingMixin, LossCoefficients
-from sae_lens_e2e.training.splice import hook_layer, run_prefix, run_suffix
+from sae_lens_e2e.training.splice import SplicedRun, hook_layer, run_prefix, run_suffix
 
 
 def logits_kl(
@@ -128,14 +128,7 @@ def compute_loss_terms(
     )
 
     zero = torch.zeros((), device=tokens.device)
-    terms = {"kl": zero, "in_to_orig": zero}
-    with _graph_if(coeffs.sparsity):
-        terms["sparsity"] = sum(
-            (sparsity_loss(spliced.feature_acts[h], _lp(saes[h]), saes[h].cfg.d_in) for h in saes),
-            zero,
-        )
-    with _graph_if(coeffs.out_to_in):
-        terms["out_to_in"] = sum((mse(spliced.sae_out[h], spliced.sae_in[h]) for h in saes), zero)
+    terms = {"kl": zero, "in_to_orig": zero, **local_terms(saes, spliced, coeffs)}
     if clean is not None and need_logits:
         with _graph_if(coeffs.kl):
             terms["kl"] = logits_kl(spliced.logits, clean.logits, e2e_cfg.kernels)
@@ -143,11 +136,27 @@ def compute_loss_terms(
         with _graph_if(coeffs.in_to_orig):
             in_to_orig = [mse(spliced.acts[h], clean.acts[h]) for h in plan.downstream_hooks]
             terms["in_to_orig"] = torch.stack(in_to_orig).mean()
-    terms["loss"] = _weighted_sum(terms, coeffs)
+    terms["loss"] = weighted_loss(terms, coeffs)
     for h in plan.sae_hooks:
         terms[f"l0/{h}"] = l0(spliced.feature_acts[h]).detach()
     terms["l0"] = sum((terms[f"l0/{h}"] for h in plan.sae_hooks), zero)
     return terms
+
+
+def local_terms(
+    saes: Mapping[str, Any], run: SplicedRun, coeffs: LossCoefficients
+) -> dict[str, torch.Tensor]:
+    """`sparsity` and `out_to_in`, each summed over the SAEs: the terms that need only each
+    SAE's own input, codes and output (all of `local`'s loss; also SAELens's trainer's)."""
+    zero = torch.zeros((), device=next(iter(run.sae_in.values())).device)
+    with _graph_if(coeffs.sparsity):
+        sparsity = sum(
+            (sparsity_loss(run.feature_acts[h], _lp(saes[h]), saes[h].cfg.d_in) for h in saes),
+            zero,
+        )
+    with _graph_if(coeffs.out_to_in):
+        out_to_in = sum((mse(run.sae_out[h], run.sae_in[h]) for h in saes), zero)
+    return {"sparsity": sparsity, "out_to_in": out_to_in}
 
 
 def _graph_if(weight: float) -> torch.autograd.grad_mode.set_grad_enabled:
@@ -159,7 +168,7 @@ def _lp(sae: Any) -> float:
     return float(getattr(sae.cfg, "lp_norm", 1.0))
 
 
-def _weighted_sum(terms: Mapping[str, torch.Tensor], coeffs: LossCoefficients) -> torch.Tensor:
+def weighted_loss(terms: Mapping[str, torch.Tensor], coeffs: LossCoefficients) -> torch.Tensor:
     """Only terms with a non-zero weight enter the loss (and its graph)."""
     weights = {
         "kl": coeffs.kl,
@@ -168,4 +177,4 @@ def _weighted_sum(terms: Mapping[str, torch.Tensor], coeffs: LossCoefficients) -
         "in_to_orig": coeffs.in_to_orig,
     }
     weighted = [w * terms[name] for name, w in weights.items() if w != 0]
-    return torch.stack(weighted).sum() if weighted else torch.zeros_like(terms["kl"])
+    return torch.stack(weighted).sum() if weighted else torch.zeros_like(terms["sparsity"])

@@ -12,13 +12,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
-from sae_lens.saes.sae import SAE, TrainCoefficientConfig, TrainingSAE, TrainStepInput
+from sae_lens.saes.sae import (
+    SAE,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainStepInput,
+    TrainStepOutput,
+)
 from sae_lens.saes.standard_sae import StandardTrainingSAE
 from sae_lens.saes.topk_sae import TopK
 from torch import nn
 
 from sae_lens_e2e import kernels
 from sae_lens_e2e.training.config import E2EStandardTrainingSAEConfig, E2ETopKTrainingSAEConfig
+from sae_lens_e2e.training.sae_lens_trainer import (
+    sae_lens_coefficients,
+    sae_lens_training_forward_pass,
+)
 
 
 def reference_init_(sae: SAE[Any]) -> None:
@@ -96,6 +106,13 @@ class E2ESAEMixin:
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         return feature_acts @ self.normalized_W_dec() + self.b_dec
 
+    # SAELens's own trainer calls these two (ours never does): see training/sae_lens_trainer.py.
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return sae_lens_coefficients(self)
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        return sae_lens_training_forward_pass(self, step_input)
+
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         """Bake the forward-pass normalisation into W_dec so stock SAELens reproduces us."""
         state_dict["W_dec"] = F.normalize(state_dict["W_dec"], dim=-1).contiguous()
@@ -151,9 +168,6 @@ class E2ETopKTrainingSAE(E2ESAEMixin, TrainingSAE[E2ETopKTrainingSAEConfig]):  #
 
     def get_activation_fn(self) -> Any:
         return TopK(self.cfg.k)
-
-    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {}
 
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden_pre = self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc)
