@@ -16,6 +16,7 @@ from sae_lens_e2e import paper_settings
 from sae_lens_e2e.cli import build_parser, main
 from sae_lens_e2e.cli.quickstart import config_from_args
 from sae_lens_e2e.cli.train import load_runner_config, runner_config_from_dict
+from sae_lens_e2e.quickstart.config import QuickstartConfig
 from sae_lens_e2e.quickstart.runner_config import build_runner_config
 from sae_lens_e2e.quickstart.workload import hf_workload
 
@@ -101,6 +102,13 @@ def test_quickstart_model_gpt2_defaults_to_the_paper_run():
         assert_paper_run(cfg, f"--model gpt2 {cfg.sae.strategy}")
     for cfg in _quickstart_runner_configs(*paper):  # the default (short) budget
         assert_paper_run(cfg, f"--model gpt2, short, {cfg.sae.strategy}", full_budget=False)
+
+
+def test_quickstart_config_built_directly_loads_gpt2_as_the_paper():
+    cfg = QuickstartConfig(model="gpt2", dataset="x/y")
+    assert cfg.prepend_bos is False
+    assert cfg.model_from_pretrained_kwargs == paper_settings.model_from_pretrained_kwargs()
+    assert QuickstartConfig(model="gpt2", dataset="x/y", prepend_bos=True).prepend_bos is True
 
 
 def test_quickstart_other_models_keep_saelens_defaults():

@@ -62,6 +62,14 @@ class QuickstartConfig:
     runner_overrides: dict[str, Any] = field(default_factory=dict)
     sae_overrides: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # What decides which model and tokens the SAEs see follows the model even when the
+        # config is built directly (from_dict fills in every other model default too).
+        defaults = model_defaults(self.model)
+        for name in ("prepend_bos", "model_from_pretrained_kwargs"):
+            if getattr(self, name) is None and name in defaults:
+                setattr(self, name, defaults[name])
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
