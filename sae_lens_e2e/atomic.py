@@ -1,16 +1,45 @@
 """Atomic writes: build under a temporary name beside the target, then rename into place.
 
-Readers (SAELens loaders, resume logic) never see a half-written file or folder.
+Readers (SAELens loaders, resume logic) never see a half-written file or folder. Temporaries
+are made with the default modes, so what lands in place gets the user's umask like any other
+file (tempfile's mkdtemp/mkstemp would make it 0700/0600, unreadable to collaborators). Their
+names carry the writer's host and process id: a later run removes those whose writer was
+killed (`remove_stale_temporaries`) and never touches anything else.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+_TMP, _OLD = ".tmp", ".old"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
+
+
+def _create(target: Path, suffix: str, make: Callable[[Path], None]) -> Path:
+    """A new `.<name>.<host>-<pid>-<random><suffix>` beside `target`, made by `make`."""
+    while True:
+        path = target.with_name(
+            f".{target.name}.{_host()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+        )
+        try:
+            make(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # umask applies
 
 
 @contextmanager
@@ -18,7 +47,7 @@ def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
     """Yield a temp dir next to `out_dir`; it replaces `out_dir` only if the block succeeds."""
     out = Path(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = _create(out, _TMP, Path.mkdir)  # mode 0o777 minus the umask
     try:
         yield tmp
         _replace_directory(tmp, out)
@@ -32,9 +61,7 @@ def _replace_directory(tmp: Path, out: Path) -> None:
     if not out.exists():
         os.rename(tmp, out)
         return
-    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    backup.rmdir()
-    os.rename(out, backup)
+    backup = _create(out, _OLD, lambda p: os.rename(out, p))
     try:
         os.rename(tmp, out)
     except BaseException:
@@ -46,13 +73,57 @@ def _replace_directory(tmp: Path, out: Path) -> None:
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's directory; `os.replace` it into place on success."""
-    path = Path(path)
+    path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create(path, _TMP, _new_file)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: str | Path, target: str) -> list[Path]:
+    """Remove the temporaries a killed writer left in `folder` for names matching regex `target`.
+
+    Only names made here are touched, and only when their writer (this host, that process id)
+    is gone. A backup whose target is missing (killed mid-swap) is renamed back instead.
+    """
+    pattern = re.compile(
+        rf"\.(?P<target>{target})\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)-[0-9a-f]{{8}}"
+        rf"(?P<suffix>{re.escape(_TMP)}|{re.escape(_OLD)})"
+    )
+    folder = Path(folder)
+    removed = []
+    for path in sorted(folder.glob(".*")) if folder.is_dir() else []:
+        m = pattern.fullmatch(path.name)
+        if m is None or m["host"] != _host() or _alive(int(m["pid"])):
+            continue
+        if m["suffix"] == _OLD and not (folder / m["target"]).exists():
+            os.rename(path, folder / m["target"])
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def unexpected_entries(folder: str | Path, expected: set[str]) -> list[str]:
+    """Names in `folder` other than `expected` (folders shown with a trailing '/')."""
+    return sorted(
+        f"{p.name}/" if p.is_dir() else p.name
+        for p in Path(folder).iterdir()
+        if p.name not in expected
+    )

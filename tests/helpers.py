@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +57,31 @@ def runner_config(
     cfg = LanguageModelSAERunnerConfig(sae=sae_cfg, **fields)
     cfg.checkpoint_path = fields["checkpoint_path"]  # SAELens appends a random id; pin it
     return cfg
+
+
+# Loads atomic.py alone (not the package, which imports torch) so the writer starts fast.
+KILLED_WRITER = """
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("atomic", sys.argv[1])
+atomic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(atomic)
+with atomic.atomic_directory(sys.argv[2]) as tmp:
+    (tmp / "half-written").write_text("x")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def killed_while_writing(target: Path) -> Path:
+    """Leave what a run SIGKILLed while atomically writing folder `target` leaves: its temp."""
+    from sae_lens_e2e import atomic
+
+    before = set(target.parent.glob(".*")) if target.parent.is_dir() else set()
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, atomic.__file__, str(target)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    (left,) = set(target.parent.glob(".*")) - before
+    assert not target.exists() and (left / "half-written").is_file()
+    return left

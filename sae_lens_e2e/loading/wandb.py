@@ -7,14 +7,13 @@ directory; a local directory of already-downloaded files serves machines without
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sae_lens_e2e.atomic import atomic_directory
 from sae_lens_e2e.cache import default_cache_dir
 from sae_lens_e2e.loading.reference_format import REFERENCE_CONFIG_FILENAME, checkpoint_step
 from sae_lens_e2e.loading.source_files import (
@@ -153,18 +152,11 @@ def _flatten(path: Path, target: Path) -> None:
 def _download_run(run: WandbRunPath, run_cache: Path) -> SourceFiles:
     """Download into a temp dir and rename it into the cache, so the cache is never partial."""
     ckpt_file, cfg_file = _pick_run_files(run, _list_run_files(run))
-    run_cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run.run_id}.", dir=run_cache.parent))
-    try:
-        ckpt_name = Path(ckpt_file.name).name
+    ckpt_name = Path(ckpt_file.name).name
+    with atomic_directory(run_cache) as tmp:
         _flatten(_download(ckpt_file, tmp), tmp / ckpt_name)
         _flatten(_download(cfg_file, tmp), tmp / REFERENCE_CONFIG_FILENAME)
         (tmp / _CACHE_MARKER).write_text(json.dumps({"checkpoint": ckpt_name}))
-        shutil.rmtree(run_cache, ignore_errors=True)
-        os.rename(tmp, run_cache)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return SourceFiles(
         run_cache / ckpt_name,
         run_cache / REFERENCE_CONFIG_FILENAME,
