@@ -22,6 +22,7 @@ def runner_config(
     d_in: int = 16,
     steps: int = 20,
     sae: dict[str, Any] | None = None,
+    run_id: bool = False,
     **overrides: Any,
 ) -> LanguageModelSAERunnerConfig[Any]:
     sae_kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": 64, "strategy": strategy, **(sae or {})}
@@ -55,7 +56,8 @@ def runner_config(
     )
     fields.update(overrides)
     cfg = LanguageModelSAERunnerConfig(sae=sae_cfg, **fields)
-    cfg.checkpoint_path = fields["checkpoint_path"]  # SAELens appends a random id; pin it
+    if not run_id:  # SAELens appends a random run id to checkpoint_path; pin it
+        cfg.checkpoint_path = fields["checkpoint_path"]
     return cfg
 
 

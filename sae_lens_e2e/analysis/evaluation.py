@@ -213,3 +213,21 @@ def alive_tokens_note(n_tokens: int) -> str:
         f"alive latents were counted over {n_tokens:,} tokens, fewer than the {ALIVE_TOKENS:,} "
         "the paper counts over: latents that fire more rarely count as dead here"
     )
+
+
+def dead_latent_warnings(metrics: Mapping[str, Any], most: float = 0.5) -> list[str]:
+    """One loud line per SAE of which more than `most` of the latents never fired.
+
+    A run that diverged (lr too high) can end with finite weights but a dead SAE; the loss
+    alone does not say so.
+    """
+    lines = []
+    for hook in (k.removeprefix("dead/") for k in metrics if k.startswith("dead/")):
+        dead, alive = metrics[f"dead/{hook}"], metrics[f"alive/{hook}"]
+        if dead > most * (dead + alive):
+            lines.append(
+                f"WARNING: {dead} of {dead + alive} latents of the SAE at {hook} never fired on "
+                f"{metrics['n_tokens']} held-out tokens (L0 {metrics[f'l0/{hook}']:.3g}): the "
+                "SAE is mostly dead; try a lower lr or sparsity coefficient"
+            )
+    return lines

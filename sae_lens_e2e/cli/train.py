@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,12 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="YAML file with LanguageModelSAERunnerConfig fields")
-    parser.add_argument("--resume", metavar="CHECKPOINT", help="checkpoint dir (or its parent)")
+    parser.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="a step_* folder, or a folder holding them (e.g. checkpoint_path): the latest "
+        "complete checkpoint in it; later checkpoints are written beside it",
+    )
     parser.add_argument("--output", metavar="DIR", help="override output_path")
     parser.set_defaults(func=run)
 
@@ -109,5 +116,26 @@ def run(args: argparse.Namespace) -> int:
         cfg.resume_from_checkpoint = args.resume
     if args.output:
         cfg.output_path = args.output
-    E2ESAETrainingRunner(cfg).run()
+    try:
+        E2ESAETrainingRunner(cfg).run()
+    except KeyboardInterrupt as interrupt:
+        print(f"sae-lens-e2e train: {interrupted(interrupt, args)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace) -> str:
+    """Ctrl-C in one line: the step reached and the command that resumes the run."""
+    from sae_lens_e2e.training.checkpoints import TrainingInterrupted
+
+    if not isinstance(interrupt, TrainingInterrupted):
+        return "interrupted before training started"
+    checkpoint = interrupt.last_checkpoint
+    if checkpoint is None:
+        return f"interrupted at step {interrupt.step}; no checkpoint was written yet to resume from"
+    command = ["sae-lens-e2e", "train", args.config, "--resume", str(checkpoint.parent)]
+    command += ["--output", args.output] if args.output else []
+    return (
+        f"interrupted at step {interrupt.step}; resume with: {shlex.join(command)} "
+        f"(from {checkpoint.name})"
+    )

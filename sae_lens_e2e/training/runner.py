@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,14 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.training.activations_store import ActivationsStore
 from safetensors.torch import save_file
 
-from sae_lens_e2e.analysis.evaluation import alive_tokens_note, evaluate
+from sae_lens_e2e.analysis.evaluation import alive_tokens_note, dead_latent_warnings, evaluate
 from sae_lens_e2e.atomic import atomic_directory, atomic_file
+from sae_lens_e2e.training.checkpoints import TrainingInterrupted
 from sae_lens_e2e.training.losses import as_e2e_config, downstream_hooks
 from sae_lens_e2e.training.sae import register_e2e_architectures
 from sae_lens_e2e.training.trainer import E2ETrainer, TokenStream
 from sae_lens_e2e.training.validation import sae_hook_names, validate_run
 
-logger = logging.getLogger(__name__)
 EVAL_RESULTS_FILENAME = "eval_results.json"
 
 
@@ -122,7 +122,7 @@ class E2ESAETrainingRunner:
         trainer = E2ETrainer(self.cfg, self.model, self.saes, stream, evaluator)
         if self.cfg.resume_from_checkpoint is not None:
             path = trainer.load_checkpoint(self.cfg.resume_from_checkpoint)
-            logger.info("resumed from %s at step %d", path, trainer.step)
+            print(f"resuming from {path} at step {trainer.step}")
         wandb_run = self._init_wandb()
         try:
             trainer.fit()
@@ -133,6 +133,10 @@ class E2ESAETrainingRunner:
             if self.cfg.output_path is not None:
                 self.save(Path(self.cfg.output_path), results)
             print(format_summary(results, self.e2e.strategy))
+            for warning in dead_latent_warnings(results):
+                print(warning, file=sys.stderr)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(trainer.step, trainer.last_checkpoint) from None
         finally:
             if wandb_run is not None:
                 wandb_run.finish()

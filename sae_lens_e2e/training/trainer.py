@@ -1,33 +1,34 @@
 """The e2e training loop: Adam, SAELens's LR schedules, grad clip, accumulation, checkpoints.
 
 One step reads top to bottom in `train_step`: tokens -> `compute_loss_terms` -> backward ->
-clip -> Adam -> LR schedule.
+clip -> Adam -> LR schedule. A NaN/Inf loss, gradient norm or weight stops it (checkpoints.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from sae_lens.config import LanguageModelSAERunnerConfig
-from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from sae_lens.training.optim import get_lr_scheduler
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from sae_lens_e2e.atomic import atomic_directory
+from sae_lens_e2e.training.checkpoints import (
+    NonFiniteLossError,
+    load_sae_weights,
+    load_trainer_state,
+    non_finite,
+    remove_stale_checkpoint_temporaries,
+    resolve_checkpoint,
+    sae_tensors,
+    write_checkpoint,
+)
 from sae_lens_e2e.training.losses import as_e2e_config, compute_loss_terms
-
-TRAINER_STATE_FILENAME = "trainer_state.pt"
-CHECKPOINT_PREFIX = "step_"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/Inf loss; the weights are left as they were before the step."""
 
 
 class TokenStream:
@@ -82,6 +83,8 @@ class E2ETrainer:
         self.micro_batch = prompts_per_step // self.e2e.gradient_accumulation_steps
         self.step = 0
         self.last_checkpoint: Path | None = None
+        # Where checkpoints go: the configured folder, or the run folder a resume came from.
+        self.checkpoint_root = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
         self.log_every = max(1, cfg.logger.wandb_log_frequency)
         self.eval_every = self.log_every * max(1, cfg.logger.eval_every_n_wandb_logs)
 
@@ -102,23 +105,36 @@ class E2ETrainer:
             (terms["loss"] / accum).backward()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.item() / accum
-        if self.e2e.grad_clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.e2e.grad_clip_norm)
-            totals["grad_norm"] = norm.item()
+        totals["grad_norm"] = self._clip_gradients()
         self.optimizer.step()
+        bad = non_finite(sae_tensors(self.saes))
+        if bad:
+            self._stop(f"non-finite SAE weights ({', '.join(bad)}) after the update (lr too high?)")
         self.scheduler.step()
         self.step += 1
         return totals
 
     def _check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
-        if torch.isfinite(terms["loss"]).item():
-            return
+        if not torch.isfinite(terms["loss"]).item():
+            values = {k: v.item() for k, v in terms.items() if "/" not in k}
+            self._stop(f"non-finite loss {values}; stopped before updating the weights")
+
+    def _clip_gradients(self) -> float:
+        """Clip to `grad_clip_norm` if set; the total norm, checked finite before Adam sees it."""
+        if self.e2e.grad_clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.e2e.grad_clip_norm).item()
+        else:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads).item()
+        if not math.isfinite(norm):
+            self._stop(f"non-finite gradient norm {norm}; stopped before updating the weights")
+        return norm
+
+    def _stop(self, problem: str) -> NoReturn:
         self.optimizer.zero_grad(set_to_none=True)
-        values = {k: v.item() for k, v in terms.items() if "/" not in k}
         where = self.last_checkpoint or "none written yet"
         raise NonFiniteLossError(
-            f"non-finite loss at step {self.step + 1}: {values}; "
-            f"stopped before updating the weights; last good checkpoint: {where}"
+            f"{problem} at step {self.step + 1}; last good checkpoint: {where}"
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -134,6 +150,8 @@ class E2ETrainer:
     def fit(self) -> dict[str, Any]:
         """Train to `total_training_steps`, logging, evaluating and checkpointing on the way."""
         checkpoint_every = self._checkpoint_every()
+        if checkpoint_every and self.checkpoint_root is not None:
+            remove_stale_checkpoint_temporaries(self.checkpoint_root)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"e2e[{self.e2e.strategy}]")
         while self.step < self.total_steps:
             terms = self.train_step()
@@ -165,51 +183,29 @@ class E2ETrainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, root: str | Path | None = None) -> Path:
-        """Write `<root>/step_<n>/` atomically: built under a temporary name, then renamed."""
-        root = Path(root or self.cfg.checkpoint_path or "checkpoints")
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"{CHECKPOINT_PREFIX}{self.step:09d}"
-        with atomic_directory(final) as tmp:
-            for hook, sae in self.saes.items():
-                sae.save_model(tmp / "saes" / hook)
-            state = {
-                "step": self.step,
-                "n_sequences": self.tokens.n_sequences,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-            }
-            torch.save(state, tmp / TRAINER_STATE_FILENAME)
-        self.last_checkpoint = final
-        return final
+        """Write `<root>/step_<n>/` atomically, never with a non-finite value in it."""
+        root = Path(root or self.checkpoint_root or "checkpoints")
+        state = {
+            "step": self.step,
+            "n_sequences": self.tokens.n_sequences,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        self.last_checkpoint = write_checkpoint(root, self.step, self.saes, state)
+        return self.last_checkpoint
 
     def load_checkpoint(self, path: str | Path) -> Path:
-        """Restore weights, optimiser, schedule, step and data position from a checkpoint."""
+        """Restore weights, optimiser, schedule, step and data position from a checkpoint.
+
+        `path` is a `step_*` folder, a run folder or the configured checkpoint folder (the
+        latest complete checkpoint in it); later checkpoints go to the same run folder.
+        """
         path = resolve_checkpoint(path)
-        for hook, sae in self.saes.items():
-            weights = path / "saes" / hook / SAE_WEIGHTS_FILENAME
-            if not weights.is_file():
-                raise FileNotFoundError(f"checkpoint {path} has no weights for SAE at {hook!r}")
-            sae.load_state_dict(load_file(weights, device=str(sae.W_enc.device)))
-        device = self.params[0].device
-        state = torch.load(path / TRAINER_STATE_FILENAME, weights_only=True, map_location=device)
+        state = load_trainer_state(path, self.params[0].device, self.total_steps)
+        load_sae_weights(path, self.saes)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.tokens.skip(int(state["n_sequences"]) - self.tokens.n_sequences)
-        self.last_checkpoint = path
+        self.last_checkpoint, self.checkpoint_root = path, path.parent
         return path
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or the newest complete `step_*` directory inside `path`."""
-    path = Path(path)
-    if (path / TRAINER_STATE_FILENAME).is_file():
-        return path
-    candidates = sorted(
-        p
-        for p in path.glob(f"{CHECKPOINT_PREFIX}*")
-        if p.is_dir() and (p / TRAINER_STATE_FILENAME).is_file()
-    )
-    if not candidates:
-        raise FileNotFoundError(f"no complete checkpoint (with {TRAINER_STATE_FILENAME}) in {path}")
-    return candidates[-1]
