@@ -269,18 +269,24 @@ def test_unreadable_checkpoint_and_missing_file(tmp_path: Path) -> None:
         conv.convert_reference_checkpoint(tmp_path / "missing.pt", cfg)
 
 
-def test_existing_output_refused_then_replaced_with_overwrite(tmp_path: Path) -> None:
+def test_overwrite_replaces_only_what_a_conversion_wrote(tmp_path: Path) -> None:
     ckpt, cfg = write_checkpoint(
         tmp_path / "run", make_reference_sd([HOOK]), make_reference_config(HOOK)
     )
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
-    with pytest.raises(E2EConversionError, match="not empty"):
+    conv.convert_checkpoint(ckpt, cfg, out)
+    with pytest.raises(E2EConversionError, match="already holds converted SAEs.*--overwrite"):
         conv.convert_checkpoint(ckpt, cfg, out)
-    assert (out / "keep.txt").exists()
     conv.convert_checkpoint(ckpt, cfg, out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [HOOK]
+    # Anything a conversion did not write stays, even with overwrite, and is named.
+    (out / "notes.txt").write_text("keep")
+    (out / HOOK / "README.md").write_text("keep")
+    (out / "mine").mkdir()
+    with pytest.raises(E2EConversionError, match=f"holds {HOOK}/README.md, mine/, notes.txt"):
+        conv.convert_checkpoint(ckpt, cfg, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == (out / HOOK / "README.md").read_text() == "keep"
+    assert (out / "mine").is_dir() and (out / HOOK / "cfg.json").is_file()
     assert not leftovers(tmp_path)
 
 
@@ -380,12 +386,30 @@ def test_cli_convert_and_export(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     assert main(["convert", str(ckpt), "--out", str(out)]) == 0  # config found beside the .pt
     assert HOOK in capsys.readouterr().out
-    assert (out / HOOK / "cfg.json").is_file()
+    folder = out / "samples_400000" / HOOK
+    assert (folder / "cfg.json").is_file()
 
     with pytest.warns(UserWarning):
-        rc = main(["export", str(out / HOOK), "--out", str(tmp_path / "exp" / "samples_0.pt")])
+        rc = main(["export", str(folder), "--out", str(tmp_path / "exp" / "samples_0.pt")])
     assert rc == 0
     assert (tmp_path / "exp" / "final_config.yaml").is_file()
+
+
+def test_cli_converts_several_saes_at_one_hook_into_one_out(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "saes"
+    sources = {}
+    for seed, name in enumerate(["samples_100.pt", "samples_200.pt"]):
+        sd = make_reference_sd([HOOK], seed=seed)
+        ckpt, _ = write_checkpoint(tmp_path / "run", sd, make_reference_config(HOOK), name)
+        assert main(["convert", str(ckpt), "--out", str(out)]) == 0
+        sources[ckpt.stem] = sd
+    assert sorted(p.name for p in out.iterdir()) == sorted(sources)
+    x = torch.randn(4, D_IN)
+    for stem, sd in sources.items():
+        sae = SAE.load_from_disk(out / stem / HOOK)
+        assert rel_err(sae(x), reference_forward(sd, "blocks-6-hook_resid_pre.", x)) < 1e-6
+    assert main(["convert", str(tmp_path / "run" / "samples_100.pt"), "--out", str(out)]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
 
 
 def test_cli_reports_bad_input(tmp_path: Path, capsys) -> None:

@@ -336,7 +336,7 @@ def test_cli_wandb_offline_directory(fake_wandb, tmp_path) -> None:
     out = tmp_path / "out"
     assert main(["convert", "wandb:sparsify/gpt2/d8vgjnyc", "--local-dir", str(local),
                  "--out", str(out)]) == 0  # fmt: skip
-    assert (out / L6 / "sae_weights.safetensors").is_file()
+    assert (out / "d8vgjnyc" / L6 / "sae_weights.safetensors").is_file()
     assert main(["convert", "wandb:sparsify/gpt2/d8vgjnyc", "--out", str(tmp_path / "o2")]) == 1
 
 

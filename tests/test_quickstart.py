@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import make_tiny_model
+from helpers import killed_while_writing
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
 from sae_lens_e2e.analysis.evaluation import alive_tokens_note
@@ -181,6 +184,16 @@ def test_loaded_sae_is_evaluated_like_the_others(quickstart_run):
     assert loaded[0]["metrics"][f"alive/{HOOK}"] > 0
 
 
+def test_report_files_and_folders_get_the_users_umask_modes(quickstart_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    out = quickstart_run["out"]
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert {out / "geometry.png", out / "pareto.png", out / "saes"} <= set(modes)
+    expected = {p: (0o777 if p.is_dir() else 0o666) & ~umask for p in modes}
+    assert modes == expected
+
+
 def test_existing_output_is_refused_then_overwritten_with_cached_model(quickstart_run):
     out, config = quickstart_run["out"], quickstart_run["config"]
     before = (out / "report.json").read_text()
@@ -195,6 +208,52 @@ def test_existing_output_is_refused_then_overwritten_with_cached_model(quickstar
     report = json.loads((out / "report.json").read_text())
     assert report["model_info"]["cached"] is True
     assert [r["label"] for r in report["runs"]] == ["e2e_lambda1"]
+
+
+def test_ctrl_c_is_one_line_and_leaves_the_report_as_it_was(quickstart_run, monkeypatch):
+    out = quickstart_run["out"]
+    before = (out / "report.json").read_text()
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sae_lens_e2e.quickstart.pipeline.train_sweep", interrupted)
+    rc, _, err = _cli("--config", quickstart_run["config"], "--out", out, "--overwrite")
+    assert rc == 130 and err.startswith(f"sae-lens-e2e quickstart: interrupted; {out} was left")
+    assert len(err.strip().splitlines()) == 1
+    assert (out / "report.json").read_text() == before
+    assert not list(out.parent.glob(f".{out.name}.*"))
+
+
+def test_overwrite_never_replaces_what_the_quickstart_did_not_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    (out / "mine").mkdir(parents=True)
+    (out / "notes.txt").write_text("keep")
+    (out / "report.json").write_text("{}")
+    config = _write_config(tmp_path / "c.yaml")
+    rc, _, err = _cli("--config", config, "--out", out, "--overwrite")
+    assert rc == 2 and "holds mine/, notes.txt, which the quickstart did not write" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["mine", "notes.txt", "report.json"]
+    (out / "notes.txt").unlink()
+    (out / "mine").rmdir()
+    (out / "report.json").unlink()
+    (out / "logs").mkdir()
+    rc, _, err = _cli("--config", config, "--out", out, "--overwrite")
+    assert rc == 2 and "is not a quickstart report (no report.json)" in err
+    assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+def test_a_killed_runs_temporary_folder_is_removed_on_the_next_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    stale = killed_while_writing(out)
+    stock = _stock_sae_folder(tmp_path / "sae", d_in=D_MODEL + 1)
+    config = _write_config(tmp_path / "c.yaml")
+    rc, _, err = _cli("--config", config, "--out", out, "--compare-sae", stock)
+    assert rc == 2 and "d_in=33" in err  # this start failed fast, after the clean-up
+    assert not stale.exists()
 
 
 @pytest.mark.parametrize(

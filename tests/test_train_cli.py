@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,43 @@ def test_paper_examples_parse(path):
 
 def test_examples_exist():
     assert len(EXAMPLES) == 3
+
+
+def test_ctrl_c_prints_the_resume_command_which_finishes_the_run(tmp_path, monkeypatch, capsys):
+    from sae_lens_e2e.training.trainer import E2ETrainer
+
+    monkeypatch.setattr(
+        "sae_lens_e2e.training.runner.load_model", lambda *a, **k: make_tiny_model()
+    )
+    path = _write_config(tmp_path, checkpoint_path=str(tmp_path / "ck"), n_checkpoints=5)
+    train_step = E2ETrainer.train_step
+
+    def ctrl_c_in_step_4(self):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return train_step(self)
+
+    monkeypatch.setattr(E2ETrainer, "train_step", ctrl_c_in_step_4)
+    assert cli.main(["train", str(path)]) == 130
+    (run_folder,) = (tmp_path / "ck").iterdir()  # SAELens's random run id
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"sae-lens-e2e train: interrupted at step 3; resume with: sae-lens-e2e train {path} "
+        f"--resume {run_folder} (from step_000000003)"
+    )
+    assert not (tmp_path / "out").exists()
+
+    monkeypatch.setattr(E2ETrainer, "train_step", train_step)
+    assert cli.main(shlex.split(err.split("resume with: sae-lens-e2e ")[1])[:-2]) == 0
+    assert list((tmp_path / "ck").iterdir()) == [run_folder]
+    assert sorted(p.name for p in run_folder.iterdir())[-1] == "step_000000005"
+    assert (tmp_path / "out" / "blocks.1.hook_resid_pre" / "cfg.json").is_file()
+
+    shorter = tmp_path / "short.yaml"
+    shorter.write_text(
+        path.read_text().replace(f"training_tokens: {64 * 5}", "training_tokens: 192")
+    )
+    assert cli.main(["train", str(shorter), "--resume", str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err
+    assert "is at step 5, past the 3 steps this config trains" in err
+    assert len(err.strip().splitlines()) == 1

@@ -19,8 +19,10 @@ CONVERT_EPILOG = textwrap.dedent(
       paper:TYPE/LAYER[/SELECTION]        a paper SAE by name, from wandb
                                           (e.g. paper:e2e/6/similar_ce; TYPE local|e2e|e2e+ds)
 
-    Writes OUT/<hook_name>/cfg.json + sae_weights.safetensors for every SAE in the checkpoint,
-    loadable with sae_lens.SAE.load_from_disk. Offline: --local-dir DIR holding the files.
+    Writes OUT/NAME/<hook_name>/cfg.json + sae_weights.safetensors for every SAE in the
+    checkpoint, loadable with sae_lens.SAE.load_from_disk. NAME is the wandb run id (also for
+    paper:), the hub file STEM or the checkpoint's file name without .pt, so several SAEs can
+    be converted into one OUT. Offline: --local-dir DIR holding the files.
     """
 )
 
@@ -37,14 +39,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "source", metavar="SOURCE", help="checkpoint path, wandb:..., hf:... or paper:..."
     )
-    p.add_argument("--out", required=True, type=Path, help="output directory (must be new/empty)")
+    p.add_argument(
+        "--out", required=True, type=Path, help="output directory (SAEs go to OUT/NAME/)"
+    )
     p.add_argument("--config", type=Path, help="final_config.yaml for a local checkpoint")
     p.add_argument("--local-dir", type=Path, help="already-downloaded run files (no network)")
     p.add_argument("--cache-dir", type=Path, help="download cache (default $SAE_LENS_E2E_CACHE "
                    "or ~/.cache/sae_lens_e2e)")  # fmt: skip
     p.add_argument("--force-download", action="store_true", help="ignore cached downloads")
     p.add_argument("--model-name", help="override metadata.model_name (default tlens_model_name)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT/NAME if converted before")
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload each SAE to this HF repo")
     p.add_argument("--hub-prefix", default="", help="folder in the repo to put the SAEs under")
     p.add_argument("--private", action="store_true", help="create the hub repo as private")
@@ -60,11 +64,12 @@ def fail(message: str) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from sae_lens_e2e.loading.huggingface import push_to_hub
     from sae_lens_e2e.loading.reference_format import E2EConversionError
-    from sae_lens_e2e.loading.sources import convert_source
+    from sae_lens_e2e.loading.sources import convert_source, source_name
 
     try:
+        out = args.out / source_name(args.source)
         written = convert_source(
-            args.source, args.out, config=args.config, cache_dir=args.cache_dir,
+            args.source, out, config=args.config, cache_dir=args.cache_dir,
             local_dir=args.local_dir, force_download=args.force_download,
             model_name=args.model_name, overwrite=args.overwrite,
         )  # fmt: skip

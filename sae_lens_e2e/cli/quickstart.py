@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     cfg.validate()
     check_output_dir(Path(args.out), args.overwrite)  # before any slow work
-    result = run_quickstart(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    try:
+        result = run_quickstart(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(
+            f"sae-lens-e2e quickstart: interrupted; {args.out} was left as it was (a finished "
+            "tiny model stays cached); run the same command to start again",
+            file=sys.stderr,
+        )
+        return 130
     print(format_summary(result))
     return 0

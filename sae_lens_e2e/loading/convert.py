@@ -16,7 +16,7 @@ import sae_lens
 import torch
 from safetensors.torch import save_file
 
-from sae_lens_e2e.atomic import atomic_directory
+from sae_lens_e2e.atomic import atomic_directory, unexpected_entries
 from sae_lens_e2e.loading.reference_format import (
     NORMALIZE_EPS,
     SAE_CFG_FILENAME,
@@ -133,11 +133,34 @@ def convert_reference_checkpoint(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_destination(out: Path, overwrite: bool) -> None:
+def check_destination(out: Path, overwrite: bool) -> None:
+    """`out` may be new or empty or, to be replaced, hold only SAE folders a conversion wrote."""
     if out.exists() and not out.is_dir():
         raise E2EConversionError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise E2EConversionError(f"{out}: directory exists and is not empty (use overwrite)")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    foreign = _not_converted(out)
+    if foreign:
+        raise E2EConversionError(
+            f"{out}: holds {', '.join(foreign)}, which no conversion wrote; not replacing it "
+            "(choose another --out / out_dir, or move them)"
+        )
+    if not overwrite:
+        raise E2EConversionError(
+            f"{out}: already holds converted SAEs (pass --overwrite / overwrite=True to replace)"
+        )
+
+
+def _not_converted(out: Path) -> list[str]:
+    """What in `out` a conversion did not write: anything but folders of cfg.json + weights."""
+    found = []
+    for entry in sorted(out.iterdir()):
+        if entry.is_dir() and (entry / SAE_CFG_FILENAME).is_file():
+            expected = {SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME}
+            found += [f"{entry.name}/{name}" for name in unexpected_entries(entry, expected)]
+        else:
+            found.append(f"{entry.name}/" if entry.is_dir() else entry.name)
+    return found
 
 
 def save_saelens_folder(
@@ -159,7 +182,7 @@ def write_saelens_folders(
     if not converted:
         raise E2EConversionError("nothing to write: no SAEs were converted")
     out = Path(out_dir).absolute()
-    _check_destination(Path(out).absolute(), overwrite)
+    check_destination(out, overwrite)
     with atomic_directory(out) as tmp:
         for hook, (cfg, sd) in converted.items():
             save_saelens_folder(tmp / hook, cfg, sd)

@@ -19,14 +19,15 @@ from sae_lens.util import str_to_dtype
 
 from sae_lens_e2e.loading.convert import (
     ConvertedSAE,
+    check_destination,
     convert_reference_checkpoint,
     write_saelens_folders,
 )
 from sae_lens_e2e.loading.huggingface import DEFAULT_HF_REPO, fetch_hf_sae, parse_hf_spec
-from sae_lens_e2e.loading.paper import find_paper_sae
+from sae_lens_e2e.loading.paper import PaperSAE, find_paper_sae
 from sae_lens_e2e.loading.reference_format import REFERENCE_CONFIG_FILENAME, E2EConversionError
 from sae_lens_e2e.loading.source_files import E2ESourceError, SourceFiles, SourceNotFoundError
-from sae_lens_e2e.loading.wandb import DEFAULT_WANDB_PROJECT, fetch_wandb_run
+from sae_lens_e2e.loading.wandb import DEFAULT_WANDB_PROJECT, fetch_wandb_run, parse_wandb_path
 
 
 def select_sae(converted: Mapping[str, ConvertedSAE], hook: str | None, where: str) -> ConvertedSAE:
@@ -173,16 +174,31 @@ def resolve_source(
     """'wandb:...', 'hf:...', 'paper:TYPE/LAYER/SELECTION' or a local .pt path -> local files."""
     kw = {"cache_dir": cache_dir, "local_dir": local_dir, "force_download": force_download}
     if spec.startswith("paper:"):
-        parts = spec.removeprefix("paper:").split("/")
-        if len(parts) not in (2, 3) or not parts[1].isdigit():
-            raise E2ESourceError(f"'{spec}': expected paper:TYPE/LAYER[/SELECTION]")
-        entry = find_paper_sae(parts[0], int(parts[1]), *parts[2:])
-        return fetch_wandb_run(entry.wandb_path, **kw)
+        return fetch_wandb_run(_paper_sae(spec).wandb_path, **kw)
     if spec.startswith("wandb:"):
         return fetch_wandb_run(spec, **kw)
     if spec.startswith("hf:"):
         return fetch_hf_sae(*parse_hf_spec(spec), **kw)
     return _local_checkpoint(Path(spec), config)
+
+
+def _paper_sae(spec: str) -> PaperSAE:
+    parts = spec.removeprefix("paper:").split("/")
+    if len(parts) not in (2, 3) or not parts[1].isdigit():
+        raise E2ESourceError(f"'{spec}': expected paper:TYPE/LAYER[/SELECTION]")
+    return find_paper_sae(parts[0], int(parts[1]), *parts[2:])
+
+
+def source_name(spec: str) -> str:
+    """The folder the CLI converts `spec` into under --out: the wandb run id (also for paper:),
+    the hub file stem or the checkpoint's file stem, so SAEs at one hook do not collide."""
+    if spec.startswith("paper:"):
+        return _paper_sae(spec).wandb_run
+    if spec.startswith("wandb:"):
+        return parse_wandb_path(spec).run_id
+    if spec.startswith("hf:"):
+        return parse_hf_spec(spec)[1]
+    return Path(spec).stem
 
 
 def _local_checkpoint(ckpt: Path, config: str | Path | None) -> SourceFiles:
@@ -212,6 +228,7 @@ def convert_source(
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Fetch (if remote) and convert any source into `out_dir/<hook_name>/` folders."""
+    check_destination(Path(out_dir).absolute(), overwrite)  # before any download
     files = resolve_source(
         spec, config=config, cache_dir=cache_dir, local_dir=local_dir,
         force_download=force_download,

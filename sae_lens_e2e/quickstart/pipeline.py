@@ -18,6 +18,7 @@ them.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,9 +34,23 @@ from sae_lens_e2e.analysis.geometry import (
     compare_saes,
     load_sae,
 )
-from sae_lens_e2e.analysis.report import ReportData, SAERun, write_report
-from sae_lens_e2e.atomic import atomic_directory
-from sae_lens_e2e.quickstart.config import MODEL_DIR, QuickstartConfig, resolve_device
+from sae_lens_e2e.analysis.report import (
+    GEOMETRY_PNG,
+    PARETO_PNG,
+    REPORT_JSON,
+    REPORT_MD,
+    ReportData,
+    SAERun,
+    write_report,
+)
+from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries, unexpected_entries
+from sae_lens_e2e.quickstart.config import (
+    LOGS_DIR,
+    MODEL_DIR,
+    SAES_DIR,
+    QuickstartConfig,
+    resolve_device,
+)
 from sae_lens_e2e.quickstart.sweep import run_label, train_sweep, validate_sweep
 from sae_lens_e2e.quickstart.tiny_lm import (
     save_tiny_model,
@@ -175,13 +190,32 @@ def setup_line(cfg: QuickstartConfig, hook: str, d_in: int) -> str:
     )
 
 
+# Everything the quickstart writes into its folder: all that --overwrite may replace.
+REPORT_ENTRIES = {REPORT_MD, REPORT_JSON, PARETO_PNG, GEOMETRY_PNG, SAES_DIR, LOGS_DIR, MODEL_DIR}
+
+
 def check_output_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"output directory {out} already exists; pass --overwrite to replace it"
-        )
+    """`out` may be new or empty or, to be replaced, a quickstart report and nothing else."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output path {out} exists and is not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    foreign = unexpected_entries(out, REPORT_ENTRIES)
+    if foreign:
+        raise FileExistsError(
+            f"output directory {out} holds {', '.join(foreign)}, which the quickstart did not "
+            "write; not replacing it (choose another --out, or move them)"
+        )
+    if not (out / REPORT_JSON).is_file():
+        raise FileExistsError(
+            f"output directory {out} is not a quickstart report (no {REPORT_JSON}); not "
+            "replacing it (choose another --out)"
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"output directory {out} already holds a quickstart report; pass --overwrite to "
+            "replace it"
+        )
 
 
 def run_quickstart(
@@ -191,6 +225,7 @@ def run_quickstart(
     out = Path(out)
     cfg.validate()
     check_output_dir(out, overwrite)
+    remove_stale_temporaries(out.absolute().parent, re.escape(out.name))  # of killed runs
     device = resolve_device(cfg.device)
     timings: dict[str, float] = {}
     start = time.perf_counter()

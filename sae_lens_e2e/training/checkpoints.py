@@ -45,11 +45,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def non_finite(tensors: Tensors) -> list[str]:
-    """Names of the floating-point tensors holding a NaN or Inf (one device sync in all)."""
+    """Names of the floating-point tensors holding a NaN or Inf (one sync if all on one device)."""
     named = [(name, t) for name, t in tensors if t.is_floating_point()]
     if not named:
         return []
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    flags = [torch.isfinite(t).all() for _, t in named]
+    one_device = len({flag.device for flag in flags}) == 1  # Adam's step counts live on CPU
+    finite = torch.stack(flags).tolist() if one_device else [bool(flag) for flag in flags]
     return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
 
 

@@ -109,7 +109,7 @@ class E2ETrainer:
         self.optimizer.step()
         bad = non_finite(sae_tensors(self.saes))
         if bad:
-            self._stop(f"non-finite SAE weights ({', '.join(bad)}) after the update (lr too high?)")
+            self._stop("non-finite SAE weights", f"{', '.join(bad)}; lr too high?", "after")
         self.scheduler.step()
         self.step += 1
         return totals
@@ -117,7 +117,7 @@ class E2ETrainer:
     def _check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
         if not torch.isfinite(terms["loss"]).item():
             values = {k: v.item() for k, v in terms.items() if "/" not in k}
-            self._stop(f"non-finite loss {values}; stopped before updating the weights")
+            self._stop("non-finite loss", str(values), "before")
 
     def _clip_gradients(self) -> float:
         """Clip to `grad_clip_norm` if set; the total norm, checked finite before Adam sees it."""
@@ -127,14 +127,15 @@ class E2ETrainer:
             grads = [p.grad for p in self.params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads).item()
         if not math.isfinite(norm):
-            self._stop(f"non-finite gradient norm {norm}; stopped before updating the weights")
+            self._stop("non-finite gradient norm", str(norm), "before")
         return norm
 
-    def _stop(self, problem: str) -> NoReturn:
+    def _stop(self, problem: str, detail: str, update: str) -> NoReturn:
         self.optimizer.zero_grad(set_to_none=True)
         where = self.last_checkpoint or "none written yet"
         raise NonFiniteLossError(
-            f"{problem} at step {self.step + 1}; last good checkpoint: {where}"
+            f"{problem} at step {self.step + 1} ({detail}), found {update} updating the weights; "
+            f"last good checkpoint: {where}"
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
