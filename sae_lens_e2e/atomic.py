@@ -1,10 +1,11 @@
 """Atomic writes: build under a temporary name beside the target, then rename into place.
 
-Readers (SAELens loaders, resume logic) never see a half-written file or folder. Temporaries
-are made with the default modes, so what lands in place gets the user's umask like any other
-file (tempfile's mkdtemp/mkstemp would make it 0700/0600, unreadable to collaborators). Their
-names carry the writer's host and process id: a later run removes those whose writer was
-killed (`remove_stale_temporaries`) and never touches anything else.
+Readers (SAELens loaders, resume logic) never see a half-written file or folder. What lands
+in place gets the modes a plain mkdir/open gives under the user's umask, so collaborators can
+read it: tempfile's mkdtemp/mkstemp (0700/0600) are not used, and files a writer made 0600
+itself (safetensors does) are set to those modes before the rename. Temporary names carry the
+writer's host and process id: a later run removes those whose writer was killed
+(`remove_stale_temporaries`) and never touches anything else.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,10 +52,18 @@ def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
     tmp = _create(out, _TMP, Path.mkdir)  # mode 0o777 minus the umask
     try:
         yield tmp
+        _set_modes(tmp, stat.S_IMODE(tmp.stat().st_mode))
         _replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _set_modes(folder: Path, dir_mode: int) -> None:
+    """Folders in `folder` get `dir_mode`, files the same without execute bits."""
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, dir_mode if path.is_dir() else dir_mode & 0o666)
 
 
 def _replace_directory(tmp: Path, out: Path) -> None:
@@ -76,8 +86,10 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create(path, _TMP, _new_file)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 minus the umask
     try:
         yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -7,7 +7,9 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import killed_while_writing
+from safetensors.torch import save_file
 
 from sae_lens_e2e.atomic import atomic_directory, atomic_file, remove_stale_temporaries
 
@@ -23,14 +25,19 @@ def test_written_files_and_folders_get_the_umask_modes(tmp_path, umask):
         with atomic_directory(tmp_path / "folder") as tmp:
             (tmp / "inside.txt").write_text("x")
         with atomic_directory(tmp_path / "folder") as tmp:  # replacing an existing one
-            (tmp / "inside.txt").write_text("y")
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "inside.txt").write_text("y")
+            save_file({"x": torch.zeros(1)}, tmp / "w.safetensors")  # safetensors makes 0600
         with atomic_file(tmp_path / "file.png") as tmp:
             tmp.write_bytes(b"x")  # as savefig does: opens the temp path it was given
+        with atomic_file(tmp_path / "file.safetensors") as tmp:
+            save_file({"x": torch.zeros(1)}, tmp)
     finally:
         os.umask(old)
-    assert _mode(tmp_path / "folder") == 0o777 & ~umask
-    assert _mode(tmp_path / "folder" / "inside.txt") == 0o666 & ~umask
-    assert _mode(tmp_path / "file.png") == 0o666 & ~umask
+    for folder in ("folder", "folder/sub"):
+        assert _mode(tmp_path / folder) == 0o777 & ~umask
+    for file in ("folder/sub/inside.txt", "folder/w.safetensors", "file.png", "file.safetensors"):
+        assert _mode(tmp_path / file) == 0o666 & ~umask
 
 
 def test_only_stale_temporaries_of_the_target_are_removed(tmp_path):
