@@ -153,18 +153,19 @@ class E2ETrainer:
         checkpoint_every = self._checkpoint_every()
         if checkpoint_every and self.checkpoint_root is not None:
             remove_stale_checkpoint_temporaries(self.checkpoint_root)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"e2e[{self.e2e.strategy}]")
-        while self.step < self.total_steps:
-            terms = self.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{terms['loss']:.4g}", l0=f"{terms['l0']:.1f}", refresh=False)
-            if self.step % self.log_every == 0 or self.step == self.total_steps:
-                self._log({f"losses/{k}": v for k, v in terms.items()})
-            if self.evaluator is not None and self.step % self.eval_every == 0:
-                self._log({f"eval/{k}": v for k, v in self.evaluator().items()})
-            if checkpoint_every and self.step % checkpoint_every == 0:
-                self.save_checkpoint()
-        bar.close()
+        with tqdm(
+            total=self.total_steps, initial=self.step, desc=f"e2e[{self.e2e.strategy}]"
+        ) as bar:
+            while self.step < self.total_steps:
+                terms = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['loss']:.4g}", l0=f"{terms['l0']:.1f}", refresh=False)
+                if self.step % self.log_every == 0 or self.step == self.total_steps:
+                    self._log({f"losses/{k}": v for k, v in terms.items()})
+                if self.evaluator is not None and self.step % self.eval_every == 0:
+                    self._log({f"eval/{k}": v for k, v in self.evaluator().items()})
+                if checkpoint_every and self.step % checkpoint_every == 0:
+                    self.save_checkpoint()
         return dict(self.saes)
 
     def _checkpoint_every(self) -> int:
