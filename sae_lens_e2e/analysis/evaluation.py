@@ -15,7 +15,7 @@ batch. Explained variance comes two ways, under two names:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from sae_lens_e2e.training.splice import hook_layer, run_prefix, run_suffix
 from sae_lens_e2e.training.validation import check_sae_fits
 
 SAESet = Mapping[str, Any]
+Reduce = Callable[[Mapping[Any, Any]], dict[Any, Any]]
 
 
 @dataclass
@@ -140,12 +141,15 @@ def evaluate_many(
     *,
     batch_size: int = 8,
     progress: bool = False,
+    reduce: Reduce | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate each labelled set of SAEs (hook name -> SAE, spliced together) on `tokens`.
 
     `tokens` is [n_sequences, context]; held-out text is the caller's responsibility. Each
     SAE is first checked against the hook it is given under (the model has it, and its width
-    is the SAE's d_in), so a mismatch fails with a clear error before any work.
+    is the SAE's d_in), so a mismatch fails with a clear error before any work. `reduce`
+    sums the running sums over data-parallel ranks (each evaluating its own `tokens`), so
+    the metrics are token-weighted over all of them.
     """
     if tokens.ndim != 2 or tokens.shape[0] == 0:
         raise ValueError(
@@ -162,12 +166,48 @@ def evaluate_many(
     batches = tokens.split(batch_size)
     for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
         ce_clean += _add_batch(model, batch.to(model.cfg.device), sae_sets, accs)
-    n_tokens = tokens.numel()
-    n_predicted = tokens.shape[0] * (tokens.shape[1] - 1)
+    n_sequences = tokens.shape[0]
+    if reduce is not None:
+        ce_clean, n_sequences = _sum_over_ranks(reduce, accs, ce_clean, n_sequences)
+    n_tokens = n_sequences * tokens.shape[1]
+    n_predicted = n_sequences * (tokens.shape[1] - 1)
     return {
         label: _summarise(acc, ce_clean / n_predicted, n_predicted, n_tokens)
         for label, acc in accs.items()
     }
+
+
+def _sum_over_ranks(
+    reduce: Reduce, accs: Mapping[str, _Accumulator], ce_clean: float, n_sequences: int
+) -> tuple[float, int]:
+    """Replace every running sum by its total over ranks (one `reduce` call)."""
+    sums: dict[tuple[str, ...], Any] = {("ce_clean",): ce_clean, ("n_sequences",): n_sequences}
+    for label, acc in accs.items():
+        sums |= {(label, *key): value for key, value in _running_sums(acc).items()}
+    totals = reduce(sums)
+    for (label, *key), value in totals.items():
+        if label in accs:
+            _set_running_sum(accs[label], tuple(key), value)
+    return totals[("ce_clean",)], totals[("n_sequences",)]
+
+
+def _running_sums(acc: _Accumulator) -> dict[tuple[str, ...], Any]:
+    """Every sum `acc` holds; SAELens's EV calculator keeps plain sums too, so they add up."""
+    sums: dict[tuple[str, ...], Any] = {(n,): getattr(acc, n) for n in ("ce_sae", "ce_zero", "kl")}
+    sums |= {("l0", h): v for h, v in acc.l0.items()}
+    sums |= {("fired", h): v for h, v in acc.fired.items()}
+    for key, calc in acc.ev.items():
+        sums |= {("ev", key, name): v for name, v in vars(calc).items()}
+    return sums
+
+
+def _set_running_sum(acc: _Accumulator, key: tuple[str, ...], value: Any) -> None:
+    if key[0] == "ev":
+        setattr(acc.ev[key[1]], key[2], value)
+    elif len(key) == 2:
+        getattr(acc, key[0])[key[1]] = value
+    else:
+        setattr(acc, key[0], value)
 
 
 def evaluate(

@@ -105,6 +105,12 @@ def add_parser(subparsers: Any) -> None:
         "complete checkpoint in it; later checkpoints are written beside it",
     )
     parser.add_argument("--output", metavar="DIR", help="override output_path")
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="under torchrun: how long a collective waits for a dead or hung rank (default 600)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -117,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         cfg.output_path = args.output
     try:
-        E2ESAETrainingRunner(cfg).run()
+        E2ESAETrainingRunner(cfg, dist_timeout=args.dist_timeout).run()
     except KeyboardInterrupt as interrupt:
         print(f"sae-lens-e2e train: {interrupted(interrupt, args)}", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from sae_lens_e2e.analysis.evaluation import alive_tokens_note, dead_latent_warnings, evaluate
 from sae_lens_e2e.atomic import atomic_directory, atomic_file
 from sae_lens_e2e.training.checkpoints import TrainingInterrupted
+from sae_lens_e2e.training.distributed import check_split, join_from_env
 from sae_lens_e2e.training.losses import as_e2e_config, downstream_hooks
 from sae_lens_e2e.training.sae import register_e2e_architectures
 from sae_lens_e2e.training.trainer import E2ETrainer, TokenStream
@@ -33,6 +34,10 @@ class E2ESAETrainingRunner:
 
     `override_sae` warm-starts from existing SAELens SAEs: one SAE (for `cfg.hook_name`) or a
     dict hook name -> SAE. `cfg.from_pretrained_path` does the same from a saved SAE folder.
+
+    Under torchrun it trains data-parallel (see `distributed.py`): it joins the process group
+    (creating it, with `dist_timeout` seconds per collective, if the caller has not), puts
+    this rank on cuda:LOCAL_RANK, and only rank 0 logs and writes.
     """
 
     def __init__(
@@ -41,10 +46,12 @@ class E2ESAETrainingRunner:
         override_dataset: HfDataset | None = None,
         override_model: Any | None = None,
         override_sae: SAE[Any] | dict[str, SAE[Any]] | None = None,
+        dist_timeout: float | None = None,
     ) -> None:
         register_e2e_architectures()
         self.cfg = cfg
         self.e2e = as_e2e_config(cfg)
+        self.ranks = join_from_env(cfg, dist_timeout)  # before loading: picks this rank's GPU
         self.hooks = sae_hook_names(cfg)
         self.model = override_model or load_model(
             cfg.model_class_name,
@@ -54,6 +61,7 @@ class E2ESAETrainingRunner:
         )
         self.model.requires_grad_(False).eval()
         validate_run(cfg, self.model, self._downstream())
+        check_split(cfg, self.e2e.gradient_accumulation_steps, self._n_eval(), self.ranks)
         self.activations_store = ActivationsStore.from_config(
             self.model, cfg, override_dataset=override_dataset
         )
@@ -105,36 +113,51 @@ class E2ESAETrainingRunner:
     def _eval_batch_size(self) -> int:
         return self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
 
+    def _n_eval(self) -> int:
+        return max(1, self.cfg.n_eval_batches) * self._eval_batch_size()
+
     def _eval_tokens(self, stream: TokenStream) -> torch.Tensor:
-        """Held-out sequences, drawn before training so they are never trained on."""
-        return stream.next(max(1, self.cfg.n_eval_batches) * self._eval_batch_size())
+        """This rank's share of the held-out sequences, drawn (on every rank alike) before
+        training, so that no rank ever trains on them."""
+        return self.ranks.rows(stream.next(self._n_eval()))
+
+    def _evaluate(self, tokens: torch.Tensor) -> dict[str, Any]:
+        """Sharded over ranks, reduced token-weighted: the numbers one process would get."""
+        return evaluate(
+            self.model,
+            self.saes,
+            tokens,
+            batch_size=self._eval_batch_size(),
+            reduce=self.ranks.sum_over_ranks,
+        )
 
     def run(self) -> dict[str, Any]:
         """Train, evaluate on held-out tokens, save; returns hook name -> trained SAE."""
         stream = TokenStream(self.activations_store)
         eval_tokens = self._eval_tokens(stream)
-        eval_batch = self._eval_batch_size()
 
         def evaluator() -> dict[str, Any]:
-            metrics = evaluate(self.model, self.saes, eval_tokens, batch_size=eval_batch)
+            metrics = self._evaluate(eval_tokens)
             return {k: v for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
 
-        trainer = E2ETrainer(self.cfg, self.model, self.saes, stream, evaluator)
+        trainer = E2ETrainer(self.cfg, self.model, self.saes, stream, evaluator, self.ranks)
         if self.cfg.resume_from_checkpoint is not None:
             path = trainer.load_checkpoint(self.cfg.resume_from_checkpoint)
             print(f"resuming from {path} at step {trainer.step}")
-        wandb_run = self._init_wandb()
+        wandb_run = self._init_wandb() if self.ranks.is_main else None
         try:
             trainer.fit()
-            results = evaluate(self.model, self.saes, eval_tokens, batch_size=eval_batch)
+            results = self._evaluate(eval_tokens)
             self.eval_results = results
             if self.cfg.save_final_checkpoint:
                 trainer.save_checkpoint()
-            if self.cfg.output_path is not None:
-                self.save(Path(self.cfg.output_path), results)
-            print(format_summary(results, self.e2e.strategy))
-            for warning in dead_latent_warnings(results):
-                print(warning, file=sys.stderr)
+            if self.ranks.is_main:
+                if self.cfg.output_path is not None:
+                    self.save(Path(self.cfg.output_path), results)
+                print(format_summary(results, self.e2e.strategy))
+                for warning in dead_latent_warnings(results):
+                    print(warning, file=sys.stderr)
+            self.ranks.barrier()  # every rank returns once rank 0's outputs exist
         except KeyboardInterrupt:
             raise TrainingInterrupted(trainer.step, trainer.last_checkpoint) from None
         finally:

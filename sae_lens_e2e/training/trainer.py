@@ -1,7 +1,8 @@
 """The e2e training loop: Adam, SAELens's LR schedules, grad clip, accumulation, checkpoints.
 
-One step reads top to bottom in `train_step`: tokens -> `compute_loss_terms` -> backward ->
-clip -> Adam -> LR schedule. A NaN/Inf loss, gradient norm or weight stops it (checkpoints.py).
+One step reads top to bottom in `train_step`: tokens (this rank's rows) -> `compute_loss_terms`
+(under DDP on several ranks, see `distributed.py`) -> backward -> clip -> Adam -> LR schedule.
+A NaN/Inf loss, gradient norm or weight stops it (checkpoints.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_lens_e2e.training.checkpoints import (
+    CHECKPOINT_PREFIX,
     NonFiniteLossError,
     load_sae_weights,
     load_trainer_state,
@@ -28,7 +30,8 @@ from sae_lens_e2e.training.checkpoints import (
     sae_tensors,
     write_checkpoint,
 )
-from sae_lens_e2e.training.losses import as_e2e_config, compute_loss_terms
+from sae_lens_e2e.training.distributed import Ranks, SAELoss
+from sae_lens_e2e.training.losses import as_e2e_config
 
 
 class TokenStream:
@@ -60,10 +63,14 @@ class E2ETrainer:
         saes: Mapping[str, Any],
         tokens: TokenStream,
         evaluator: Callable[[], dict[str, Any]] | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.cfg, self.model, self.saes, self.tokens = cfg, model, saes, tokens
         self.e2e = as_e2e_config(cfg)
         self.evaluator = evaluator
+        self.ranks = ranks or Ranks()
+        # The loss as a module over the SAEs: wrapped in DDP when there are several ranks.
+        self.loss_fn = self.ranks.wrap(SAELoss(model, saes, self.e2e))
         self.params = [p for sae in saes.values() for p in sae.parameters()]
         self.optimizer = torch.optim.Adam(
             self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2)
@@ -80,6 +87,7 @@ class E2ETrainer:
             num_cycles=cfg.n_restart_cycles,
         )
         prompts_per_step = cfg.train_batch_size_tokens // cfg.context_size
+        # Global micro-batch (sequences): each rank trains on its `ranks.rows` of it.
         self.micro_batch = prompts_per_step // self.e2e.gradient_accumulation_steps
         self.step = 0
         self.last_checkpoint: Path | None = None
@@ -95,16 +103,16 @@ class E2ETrainer:
         all_terms = self._is_log_step()
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        for _ in range(accum):
-            tokens = self.tokens.next(self.micro_batch)
-            with self._autocast():
-                terms = compute_loss_terms(
-                    self.model, self.saes, tokens, self.e2e, all_terms=all_terms
-                )
-            self._check_finite(terms)
-            (terms["loss"] / accum).backward()
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item() / accum
+        for i in range(accum):
+            tokens = self.ranks.rows(self.tokens.next(self.micro_batch))
+            # DDP averages gradients over ranks after the last micro-batch's backward only.
+            with self.ranks.grad_sync(self.loss_fn, sync=i == accum - 1):
+                with self._autocast():
+                    terms = self.loss_fn(tokens, all_terms=all_terms)
+                values = self._check_finite(terms)
+                (terms["loss"] / accum).backward()
+            for name, value in values.items():
+                totals[name] = totals.get(name, 0.0) + value / accum
         totals["grad_norm"] = self._clip_gradients()
         self.optimizer.step()
         bad = non_finite(sae_tensors(self.saes))
@@ -114,10 +122,14 @@ class E2ETrainer:
         self.step += 1
         return totals
 
-    def _check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
-        if not torch.isfinite(terms["loss"]).item():
-            values = {k: v.item() for k, v in terms.items() if "/" not in k}
-            self._stop("non-finite loss", str(values), "before")
+    def _check_finite(self, terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """The terms averaged over ranks; a NaN/Inf loss on any rank stops every rank here."""
+        values, bad_ranks = self.ranks.mean_terms(terms)
+        if bad_ranks:
+            local = {k: v.item() for k, v in terms.items() if "/" not in k}
+            on = f" on rank(s) {bad_ranks}" if self.ranks.distributed else ""
+            self._stop(f"non-finite loss{on}", str(local), "before")
+        return values
 
     def _clip_gradients(self) -> float:
         """Clip to `grad_clip_norm` if set; the total norm, checked finite before Adam sees it."""
@@ -151,10 +163,13 @@ class E2ETrainer:
     def fit(self) -> dict[str, Any]:
         """Train to `total_training_steps`, logging, evaluating and checkpointing on the way."""
         checkpoint_every = self._checkpoint_every()
-        if checkpoint_every and self.checkpoint_root is not None:
+        if checkpoint_every and self.checkpoint_root is not None and self.ranks.is_main:
             remove_stale_checkpoint_temporaries(self.checkpoint_root)
         with tqdm(
-            total=self.total_steps, initial=self.step, desc=f"e2e[{self.e2e.strategy}]"
+            total=self.total_steps,
+            initial=self.step,
+            desc=f"e2e[{self.e2e.strategy}]",
+            disable=not self.ranks.is_main,
         ) as bar:
             while self.step < self.total_steps:
                 terms = self.train_step()
@@ -178,7 +193,7 @@ class E2ETrainer:
         scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
         scalars["details/current_learning_rate"] = self.optimizer.param_groups[0]["lr"]
         scalars["details/n_training_tokens"] = self.tokens.n_sequences * self.cfg.context_size
-        if self.cfg.logger.log_to_wandb:
+        if self.cfg.logger.log_to_wandb and self.ranks.is_main:
             import wandb
 
             wandb.log(scalars, step=self.step)
@@ -187,11 +202,15 @@ class E2ETrainer:
     def save_checkpoint(self, root: str | Path | None = None) -> Path:
         """Write `<root>/step_<n>/` atomically, never with a non-finite value in it."""
         root = Path(root or self.checkpoint_root or "checkpoints")
+        if not self.ranks.is_main:  # rank 0 writes; the weights are the same on every rank
+            self.last_checkpoint = root / f"{CHECKPOINT_PREFIX}{self.step:09d}"
+            return self.last_checkpoint
         state = {
             "step": self.step,
             "n_sequences": self.tokens.n_sequences,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            **self.ranks.checkpoint_fields(self.cfg),
         }
         self.last_checkpoint = write_checkpoint(root, self.step, self.saes, state)
         return self.last_checkpoint
@@ -204,6 +223,7 @@ class E2ETrainer:
         """
         path = resolve_checkpoint(path)
         state = load_trainer_state(path, self.params[0].device, self.total_steps)
+        self.ranks.check_resume(state, self.cfg, path)
         load_sae_weights(path, self.saes)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
