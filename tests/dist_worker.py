@@ -48,8 +48,8 @@ CASES: dict[str, dict[str, Any]] = {
         steps=3,
         strategy="e2e_ds",
         sae={"additional_hook_names": ["blocks.2.hook_resid_pre"], "gradient_checkpointing": True},
-        n_eval_batches=1,
-        eval_batch_size_prompts=3,  # 2 + 1 rows: the reduction must weight by tokens
+        n_eval_batches=3,
+        eval_batch_size_prompts=2,  # 1 + 2 batches: the reduction must weight by tokens
     ),
     "topk_warm": dict(steps=3, architecture="topk", warm_start=True),
     "full": dict(steps=4, n_checkpoints=2),
@@ -140,7 +140,7 @@ def run_case(out: Path, case: str, **overrides: Any) -> dict[str, Any]:
     logger = LoggingConfig(
         log_to_wandb=True, wandb_log_frequency=1, eval_every_n_wandb_logs=spec.pop("eval_every", 99)
     )
-    cfg_fields = {"n_eval_batches": 1} | {
+    cfg_fields = {"n_eval_batches": 2, "eval_batch_size_prompts": 2} | {
         k: v for k, v in spec.items() if k not in ("poison", "kill")
     }
     cfg = runner_config(folder, logger=logger, **cfg_fields)

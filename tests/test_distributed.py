@@ -192,6 +192,13 @@ def test_batch_that_does_not_split_over_ranks_is_refused():
     cfg = type("Cfg", (), {"train_batch_size_tokens": 96, "context_size": 16})()
     with pytest.raises(ValueError, match=r"6 sequences .* gradient_accumulation_steps=1 x 4 ranks"):
         check_split(cfg, 1, 8, Ranks(world_size=4))
-    with pytest.raises(ValueError, match="2 held-out evaluation sequences .* by 3 ranks"):
+    with pytest.raises(ValueError, match="n_eval_batches=2 cannot be shared by 3 ranks"):
         check_split(cfg, 1, 2, Ranks(world_size=3))
     check_split(cfg, 2, 3, Ranks(world_size=3))
+
+
+def test_rows_are_balanced_whole_blocks():
+    rows = torch.arange(10)
+    shares = [Ranks(rank=r, world_size=3).rows(rows, unit=2).tolist() for r in range(3)]
+    assert shares == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
+    assert torch.equal(Ranks().rows(rows, unit=2), rows)

@@ -192,18 +192,19 @@ def _sum_over_ranks(
 
 
 def _running_sums(acc: _Accumulator) -> dict[tuple[str, ...], Any]:
-    """Every sum `acc` holds; SAELens's EV calculator keeps plain sums too, so they add up."""
+    """Every sum `acc` holds; SAELens's EV calculator and `_Mean` keep plain sums, so they add."""
     sums: dict[tuple[str, ...], Any] = {(n,): getattr(acc, n) for n in ("ce_sae", "ce_zero", "kl")}
     sums |= {("l0", h): v for h, v in acc.l0.items()}
     sums |= {("fired", h): v for h, v in acc.fired.items()}
-    for key, calc in acc.ev.items():
-        sums |= {("ev", key, name): v for name, v in vars(calc).items()}
+    for group in ("ev", "ev_per_token"):
+        for key, calc in getattr(acc, group).items():
+            sums |= {(group, key, name): v for name, v in vars(calc).items()}
     return sums
 
 
 def _set_running_sum(acc: _Accumulator, key: tuple[str, ...], value: Any) -> None:
-    if key[0] == "ev":
-        setattr(acc.ev[key[1]], key[2], value)
+    if len(key) == 3:  # (group, hook, field) of a calculator
+        setattr(getattr(acc, key[0])[key[1]], key[2], value)
     elif len(key) == 2:
         getattr(acc, key[0])[key[1]] = value
     else:

@@ -65,9 +65,14 @@ class Ranks:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def rows(self, batch: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous share of a batch of sequences (all of it on one process)."""
-        return batch.tensor_split(self.world_size)[self.rank] if self.distributed else batch
+    def rows(self, batch: torch.Tensor, unit: int = 1) -> torch.Tensor:
+        """This rank's contiguous share of a batch of sequences, in whole blocks of `unit`
+        rows (evaluation batches), balanced over ranks; all of it on one process."""
+        if not self.distributed:
+            return batch
+        blocks = -(-batch.shape[0] // unit)
+        start, stop = (blocks * r // self.world_size for r in (self.rank, self.rank + 1))
+        return batch[start * unit : stop * unit]
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """DDP around `module` when there are several ranks; it broadcasts rank 0's weights."""
@@ -145,8 +150,9 @@ class Ranks:
             )
 
 
-def check_split(cfg: Any, accumulation: int, n_eval_sequences: int, ranks: Ranks) -> None:
-    """The global batch must split evenly over accumulation x ranks; every rank needs eval rows."""
+def check_split(cfg: Any, accumulation: int, n_eval_batches: int, ranks: Ranks) -> None:
+    """The global batch must split evenly over accumulation x ranks; each rank evaluates
+    whole evaluation batches (so per-batch statistics match one process), at least one."""
     sequences = cfg.train_batch_size_tokens // cfg.context_size
     parts = accumulation * ranks.world_size
     if sequences % parts:
@@ -156,10 +162,10 @@ def check_split(cfg: Any, accumulation: int, n_eval_sequences: int, ranks: Ranks
             f"gradient_accumulation_steps={accumulation} x {ranks.world_size} ranks; use a "
             f"multiple of {parts * cfg.context_size} tokens"
         )
-    if n_eval_sequences < ranks.world_size:
+    if n_eval_batches < ranks.world_size:
         raise ValueError(
-            f"{n_eval_sequences} held-out evaluation sequences (n_eval_batches x eval batch "
-            f"size) cannot be shared by {ranks.world_size} ranks; give at least {ranks.world_size}"
+            f"n_eval_batches={n_eval_batches} cannot be shared by {ranks.world_size} ranks "
+            f"(each evaluates whole batches); give at least {ranks.world_size}"
         )
 
 

@@ -61,7 +61,7 @@ class E2ESAETrainingRunner:
         )
         self.model.requires_grad_(False).eval()
         validate_run(cfg, self.model, self._downstream())
-        check_split(cfg, self.e2e.gradient_accumulation_steps, self._n_eval(), self.ranks)
+        check_split(cfg, self.e2e.gradient_accumulation_steps, self._n_eval_batches(), self.ranks)
         self.activations_store = ActivationsStore.from_config(
             self.model, cfg, override_dataset=override_dataset
         )
@@ -113,13 +113,14 @@ class E2ESAETrainingRunner:
     def _eval_batch_size(self) -> int:
         return self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
 
-    def _n_eval(self) -> int:
-        return max(1, self.cfg.n_eval_batches) * self._eval_batch_size()
+    def _n_eval_batches(self) -> int:
+        return max(1, self.cfg.n_eval_batches)
 
     def _eval_tokens(self, stream: TokenStream) -> torch.Tensor:
-        """This rank's share of the held-out sequences, drawn (on every rank alike) before
-        training, so that no rank ever trains on them."""
-        return self.ranks.rows(stream.next(self._n_eval()))
+        """This rank's whole batches of the held-out sequences, drawn (on every rank alike)
+        before training, so that no rank ever trains on them."""
+        batch = self._eval_batch_size()
+        return self.ranks.rows(stream.next(self._n_eval_batches() * batch), unit=batch)
 
     def _evaluate(self, tokens: torch.Tensor) -> dict[str, Any]:
         """Sharded over ranks, reduced token-weighted: the numbers one process would get."""
