@@ -32,7 +32,7 @@ from helpers import runner_config  # noqa: E402
 from sae_lens import LoggingConfig, TopKSAE, TopKSAEConfig  # noqa: E402
 
 from sae_lens_e2e import E2ESAETrainingRunner, NonFiniteLossError  # noqa: E402
-from sae_lens_e2e.training import distributed, runner, trainer  # noqa: E402
+from sae_lens_e2e.training import checkpoints, distributed, runner, trainer  # noqa: E402
 
 HOOK = "blocks.1.hook_resid_pre"
 TIMEOUT_S = 30.0
@@ -96,7 +96,7 @@ def _spies(record: dict[str, Any]):
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(distributed, "compute_loss_terms", loss_spy))
         for module, name in [(runner, "atomic_directory"), (runner, "atomic_file"),
-                             (trainer, "atomic_directory")]:  # fmt: skip
+                             (checkpoints, "atomic_directory")]:  # fmt: skip
             spy = write_spy(getattr(module, name))
             stack.enter_context(mock.patch.object(module, name, spy))
         stack.enter_context(

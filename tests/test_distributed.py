@@ -169,7 +169,7 @@ def test_nan_on_one_rank_stops_both_at_the_same_step(ranks):
     out = ranks[0]
     errors = [_record(out, "nan", rank)["error"] for rank in range(2)]
     for error in errors:
-        assert error is not None and "non-finite loss at step 3 on rank(s) [1]" in error
+        assert error is not None and "non-finite loss on rank(s) [1] at step 3" in error
         assert "step_000000002" in error
     assert resolve_checkpoint(out / "nan" / "ckpt").name == "step_000000002"
     assert not (out / "nan" / "out").exists()

@@ -194,6 +194,10 @@ def join_from_env(cfg: Any, timeout_s: float | None = None) -> Ranks:
         atexit.register(_leave)
     elif timeout_s is not None:
         logger.warning("dist timeout ignored: the caller's process group keeps its own")
+    # SAELens puts a random run id into each process's checkpoint_path: all use rank 0's.
+    shared = [cfg.checkpoint_path]
+    dist.broadcast_object_list(shared, src=0)
+    cfg.checkpoint_path = shared[0]
     return Ranks(rank=rank, world_size=world, device=torch.device(cfg.device))
 
 
