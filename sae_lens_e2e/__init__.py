@@ -1,53 +1,53 @@
 """End-to-end SAE training for SAELens (Braun et al. 2024).
 
-Importing the package registers the e2e training architectures with SAELens's registry.
+The public names below are imported on first use (PEP 562), so that `sae-lens-e2e --help` and
+the CLI's argument checks start without loading torch and SAELens. Using any of them registers
+the e2e training architectures with SAELens's registry (as importing the package used to).
 """
 
-from sae_lens_e2e.analysis.evaluation import evaluate, evaluate_many
-from sae_lens_e2e.loading.convert import convert_checkpoint
-from sae_lens_e2e.loading.export import export_reference_checkpoint, saelens_to_reference
-from sae_lens_e2e.loading.huggingface import push_to_hub
-from sae_lens_e2e.loading.paper import list_paper_saes
-from sae_lens_e2e.loading.reference_format import E2EConversionError, UnsafeCheckpointError
-from sae_lens_e2e.loading.sources import e2e_converter, hf_converter, load_e2e_sae, wandb_converter
-from sae_lens_e2e.training.config import (
-    E2EStandardTrainingSAEConfig,
-    E2ETopKTrainingSAEConfig,
-    LossCoefficients,
-)
-from sae_lens_e2e.training.losses import compute_loss_terms
-from sae_lens_e2e.training.runner import E2ESAETrainingRunner
-from sae_lens_e2e.training.sae import (
-    E2EStandardTrainingSAE,
-    E2ETopKTrainingSAE,
-    register_e2e_architectures,
-)
-from sae_lens_e2e.training.trainer import E2ETrainer, NonFiniteLossError
+from __future__ import annotations
 
-register_e2e_architectures()
+import importlib
+from typing import Any
 
-__all__ = [
-    "E2EConversionError",
-    "UnsafeCheckpointError",
-    "convert_checkpoint",
-    "e2e_converter",
-    "export_reference_checkpoint",
-    "hf_converter",
-    "list_paper_saes",
-    "load_e2e_sae",
-    "push_to_hub",
-    "saelens_to_reference",
-    "wandb_converter",
-    "E2ESAETrainingRunner",
-    "E2EStandardTrainingSAE",
-    "E2EStandardTrainingSAEConfig",
-    "E2ETopKTrainingSAE",
-    "E2ETopKTrainingSAEConfig",
-    "E2ETrainer",
-    "LossCoefficients",
-    "NonFiniteLossError",
-    "compute_loss_terms",
-    "evaluate",
-    "evaluate_many",
-    "register_e2e_architectures",
-]
+_EXPORTS = {
+    "evaluate": "sae_lens_e2e.analysis.evaluation",
+    "evaluate_many": "sae_lens_e2e.analysis.evaluation",
+    "convert_checkpoint": "sae_lens_e2e.loading.convert",
+    "export_reference_checkpoint": "sae_lens_e2e.loading.export",
+    "saelens_to_reference": "sae_lens_e2e.loading.export",
+    "push_to_hub": "sae_lens_e2e.loading.huggingface",
+    "list_paper_saes": "sae_lens_e2e.loading.paper",
+    "E2EConversionError": "sae_lens_e2e.loading.reference_format",
+    "UnsafeCheckpointError": "sae_lens_e2e.loading.reference_format",
+    "e2e_converter": "sae_lens_e2e.loading.sources",
+    "hf_converter": "sae_lens_e2e.loading.sources",
+    "load_e2e_sae": "sae_lens_e2e.loading.sources",
+    "wandb_converter": "sae_lens_e2e.loading.sources",
+    "E2EStandardTrainingSAEConfig": "sae_lens_e2e.training.config",
+    "E2ETopKTrainingSAEConfig": "sae_lens_e2e.training.config",
+    "LossCoefficients": "sae_lens_e2e.training.config",
+    "compute_loss_terms": "sae_lens_e2e.training.losses",
+    "E2ESAETrainingRunner": "sae_lens_e2e.training.runner",
+    "E2EStandardTrainingSAE": "sae_lens_e2e.training.sae",
+    "E2ETopKTrainingSAE": "sae_lens_e2e.training.sae",
+    "register_e2e_architectures": "sae_lens_e2e.training.sae",
+    "E2ETrainer": "sae_lens_e2e.training.trainer",
+    "NonFiniteLossError": "sae_lens_e2e.training.trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sae_lens_e2e' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    importlib.import_module("sae_lens_e2e.training.sae").register_e2e_architectures()
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +56,26 @@ def tiny_model():
 @pytest.fixture
 def token_dataset():
     return make_token_dataset()
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Make a folder read-only; as root (which ignores modes) report it as access(2) does
+    for a read-only mount."""
+
+    made = []
+
+    def make(path):
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o555)
+        made.append(path)
+        if os.access(path, os.W_OK):  # root
+            real = os.access
+            monkeypatch.setattr(
+                os, "access", lambda p, mode, **kw: False if Path(p) == path else real(p, mode)
+            )
+        return path
+
+    yield make
+    for path in made:
+        path.chmod(0o755)

@@ -325,6 +325,27 @@ def test_plot_geometry_writes_png(tmp_path) -> None:  # noqa: ANN001
     assert [p.name for p in out.parent.iterdir()] == ["geometry.png"]  # no temp left behind
 
 
+def test_plot_draws_a_symmetric_one_to_one_pairing_once() -> None:
+    """`a -> b` and `b -> a` pair the same latents one-to-one: one curve `a <-> b` (two would
+    lie exactly on top of each other); within an SAE only its own name is shown."""
+    from sae_lens_e2e.analysis.geometry.plot import _series
+
+    sae_a, sae_b, sae_c = _sae(seed=1), _sae(seed=2), _sae(seed=3)
+    results = {
+        "a -> b": geo.compare_saes(sae_a, sae_b),
+        "b -> a": geo.compare_saes(sae_b, sae_a),
+        "c -> a": geo.compare_saes(sae_c, sae_a),
+    }
+    parts = {label: r.decoder.one_to_one for label, r in results.items()}
+    one_to_one = _series(parts, "one_to_one")
+    assert list(one_to_one) == ["a <-> b", "c -> a"]
+    assert [color for _, color in one_to_one.values()] == ["C0", "C2"]  # as in other panels
+    within = _series({label: r.decoder.within for label, r in results.items()}, "within")
+    assert list(within) == ["a", "b", "c"]
+    cross = _series({label: r.decoder.cross for label, r in results.items()}, "cross")
+    assert list(cross) == list(results)  # the max over the other SAE is not symmetric
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:

@@ -7,9 +7,11 @@ marked `network` runs only with SAE_LENS_E2E_NETWORK_TESTS=1.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import huggingface_hub
@@ -54,6 +56,24 @@ L6 = "blocks.6.hook_resid_pre"
 
 
 # ------------------------------------------------------------------ fake wandb transport
+
+
+def fake_network(monkeypatch) -> dict:
+    """The sockets the reachability probe opens: up while state["up"], else no route."""
+    state = {"up": True, "probed": []}
+
+    class Connection:
+        def close(self) -> None:
+            pass
+
+    def create_connection(address, timeout=None, *args, **kwargs):
+        state["probed"].append(address[0])
+        if not state["up"]:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        return Connection()
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    return state
 
 
 class FakeFile:
@@ -106,6 +126,7 @@ def fake_wandb(monkeypatch, tmp_path):
             return FakeRun([FakeFile(n, b, state["downloads"]) for n, b in items])
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
+    state["network"] = fake_network(monkeypatch)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(LOCAL_DIR_ENV, raising=False)
     return state
@@ -124,10 +145,13 @@ def _hf_error(cls: type, message: str) -> Exception:
 def fake_hub(monkeypatch, tmp_path):
     """A hub in a directory: hf_hub_download reads it, HfApi.upload_folder writes it."""
     remote = tmp_path / "hub"
-    state = {"remote": remote, "offline": False, "downloads": 0}
+    state = {"remote": remote, "offline": False, "downloads": 0, "calls": []}
+    state["network"] = fake_network(monkeypatch)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest sets it
 
     def fake_download(repo_id, filename, *, subfolder=None, force_download=False, **kw):
-        if state["offline"]:
+        state["calls"].append({"filename": filename, **kw})
+        if state["offline"] or kw.get("local_files_only"):  # the fake hub has no local cache
             raise hf_errors.LocalEntryNotFoundError("offline and not in cache")
         if not (remote / repo_id).is_dir():
             raise _hf_error(hf_errors.RepositoryNotFoundError, f"404 {repo_id}")
@@ -307,9 +331,44 @@ def test_hf_errors_are_clear(fake_hub, tmp_path) -> None:
     with pytest.raises(SourceNotFoundError, match="not found"):
         convert_source(f"hf:{DEFAULT_HF_REPO}/nope", tmp_path / "out")
     fake_hub["offline"] = True
-    with pytest.raises(NetworkUnavailableError, match="cannot reach the Hugging Face hub"):
+    with pytest.raises(NetworkUnavailableError, match="Hugging Face hub cannot be reached"):
         convert_source("hf:e2e_similar_ce_layer_6", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_hf_fails_fast_offline_and_names_the_flag(fake_hub, tmp_path, monkeypatch) -> None:
+    """HF_HUB_OFFLINE or no route: only the cache is asked (no retries), and the message says
+    why and how to convert offline."""
+    sd, config = make_reference_sd([L6]), make_reference_config(L6)
+    put_hf_pair(fake_hub, "e2e_similar_ce_layer_6", sd, config)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(NetworkUnavailableError, match="HF_HUB_OFFLINE is set.*--local-dir"):
+        convert_source("hf:e2e_similar_ce_layer_6", tmp_path / "out")
+    assert fake_hub["calls"][-1]["local_files_only"] is True
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    fake_hub["network"]["up"] = False
+    with pytest.raises(NetworkUnavailableError, match="cannot reach huggingface.co: no network"):
+        convert_source("hf:e2e_similar_ce_layer_6", tmp_path / "out")
+    assert fake_hub["calls"][-1]["local_files_only"] is True and fake_hub["downloads"] == 0
+    fake_hub["network"]["up"] = True  # online again: downloads as usual
+    assert convert_source("hf:e2e_similar_ce_layer_6", tmp_path / "out")
+
+
+def test_wandb_offline_says_network_not_credentials(fake_wandb, tmp_path, capsys) -> None:
+    """Offline without an API key, wandb itself complains about credentials: ask the network
+    first, and fail before calling wandb at all."""
+    fake_wandb["error"] = wandb.errors.UsageError("api_key not configured (no-tty)")
+    fake_wandb["network"]["up"] = False
+    with pytest.raises(NetworkUnavailableError) as info:
+        convert_source("wandb:sparsify/gpt2/abcd1234", tmp_path / "out")
+    message = str(info.value)
+    assert "cannot reach api.wandb.ai: no network" in message and "credentials" not in message
+    assert "--local-dir DIR" in message and fake_wandb["calls"] == []
+    assert main(["convert", "wandb:sparsify/gpt2/abcd1234", "--out", str(tmp_path / "o")]) == 1
+    assert "--local-dir" in capsys.readouterr().err
+    fake_wandb["network"]["up"] = True  # online without credentials: now that is the cause
+    with pytest.raises(NetworkUnavailableError, match="credentials"):
+        convert_source("wandb:sparsify/gpt2/abcd1234", tmp_path / "out")
 
 
 def test_cli_convert_hf_then_push_to_hub(fake_hub, tmp_path, capsys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import math
 import os
@@ -18,12 +19,18 @@ from conftest import make_tiny_model
 from helpers import killed_while_writing
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
+from sae_lens_e2e import paper_settings
 from sae_lens_e2e.analysis.evaluation import alive_tokens_note
 from sae_lens_e2e.analysis.report import EV_KINDS, parse_markdown_table
-from sae_lens_e2e.cli import main
-from sae_lens_e2e.cli.quickstart import parse_coefficients
-from sae_lens_e2e.quickstart.config import QuickstartConfig
-from sae_lens_e2e.quickstart.tiny_lm import load_pydoc_corpus, load_tiny_model
+from sae_lens_e2e.cli import build_parser, main
+from sae_lens_e2e.cli.quickstart import config_from_args, parse_coefficients
+from sae_lens_e2e.quickstart.config import TINY_COEFFICIENTS, QuickstartConfig
+from sae_lens_e2e.quickstart.tiny_lm import (
+    TinyLMConfig,
+    load_pydoc_corpus,
+    load_tiny_model,
+    training_note,
+)
 
 HOOK = "blocks.1.hook_resid_pre"
 D_MODEL = 32
@@ -94,7 +101,7 @@ def quickstart_run(tmp_path_factory, cache_dir):
     out = root / "report"
     rc, stdout, stderr = _cli("--config", config, "--out", out, "--compare-sae", f"{stock}=stock")
     assert rc == 0, stderr
-    return {"out": out, "stdout": stdout, "config": config, "root": root}
+    return {"out": out, "stdout": stdout, "stderr": stderr, "config": config, "root": root}
 
 
 def _runs(out: Path) -> list[dict[str, Any]]:
@@ -310,6 +317,120 @@ def test_config_and_coefficient_parsing():
         QuickstartConfig.from_dict({"lm": {"layers": 3}})
     cfg = QuickstartConfig.from_dict({**TINY, "lm": dict(TINY["lm"])})
     assert QuickstartConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_quiet_prints_no_progress_bars(quickstart_run):
+    assert "e2e[" not in quickstart_run["stderr"] and "it/s" not in quickstart_run["stderr"]
+
+
+def test_lambda_labels_do_not_overlap():
+    """SAEs with the same alive count sit on one point of the pareto plot's right panel;
+    their lambda labels are stacked, not printed on top of each other."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    from sae_lens_e2e.analysis.report import _annotate_apart
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    points = [(63, 0.394, "λ=0.5", "C0"), (63, 0.395, "λ=2", "C0"), (63, 0.396, "λ=10", "C0"),
+              (62, 0.586, "λ=0.5", "C1")]  # fmt: skip
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o")
+    _annotate_apart(ax, points)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text, not its arrow
+    assert len(boxes) == 4
+    for a, b in itertools.combinations(boxes, 2):
+        assert not a.overlaps(b), (a, b)
+
+
+def test_report_says_how_local_is_compared_at_equal_l0(quickstart_run):
+    text = (quickstart_run["out"] / "report.md").read_text()
+    assert "interpolated linearly in log L0" in text
+
+
+def test_training_note_says_what_comes_first(quickstart_run, tmp_path, monkeypatch):
+    lm = QuickstartConfig.from_dict(TINY).lm
+    assert "trained by an earlier run" in training_note(lm, "cpu")  # the fixture's model
+    monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(tmp_path / "empty"))
+    note = training_note(lm, "cpu")
+    assert "first trains a small byte-level language model" in note and "2-core CPU" in note
+    assert "about 2.5 min" in training_note(TinyLMConfig(), "cpu")  # the default model
+    assert str(tmp_path / "empty") in note
+
+
+@pytest.mark.parametrize(
+    ("changes", "args", "message"),
+    [
+        ({"strategies": "e2e"}, [], "strategies: expected a list of strings, got 'e2e'"),
+        ({"coefficients": [1, 2]}, [], "coefficients: expected a mapping, got [1, 2]"),
+        ({"runner_overrides": {"bogus": 1}}, [], "runner_overrides: unknown field(s) ['bogus']"),
+        ({"runner_overrides": {"n_batches_in_buffer": "x"}}, [], "n_batches_in_buffer: expected"),
+        ({"sae_overrides": {"strategy": "local"}}, [], "sae_overrides.strategy: set per run"),
+        ({"sae_overrides": {"l1_coefficient": 2.0}}, [], "use coefficients"),
+        ({"d_sae": "32"}, [], "d_sae: expected an integer or null, got '32'"),
+        ({"d_sae": 0}, [], "d_sae: must be > 0, got 0"),
+        ({"lm": {"steps": "many"}}, [], "lm.steps: expected an integer"),
+        (
+            {},
+            ["--coefficients", "e2e=-1"],
+            "coefficients.e2e[0]: must be >= 0, got -1.0 (negative)",
+        ),
+    ],
+)
+def test_wrong_config_values_fail_fast(tmp_path, monkeypatch, changes, args, message):
+    monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    rc, _, err = _cli(
+        "--config", _write_config(tmp_path / "c.yaml", **changes), "--out", out, *args
+    )
+    assert rc == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_coefficients_option_merges_with_the_defaults():
+    parser = build_parser()
+    args = parser.parse_args(["quickstart", "--coefficients", "e2e=0.5"])
+    cfg = config_from_args(args)
+    assert cfg.coefficients == {**TINY_COEFFICIENTS, "e2e": [0.5]}
+    cfg.validate()
+    args = parser.parse_args(
+        ["quickstart", "--model", "m", "--dataset", "d", "--coefficients", "local=2"]
+    )
+    paper = {k: list(v) for k, v in paper_settings.COEFFICIENTS.items()}
+    assert config_from_args(args).coefficients == {**paper, "local": [2.0]}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused(tmp_path):
+    rc, _, err = _cli("--config", _write_config(tmp_path / "c.yaml"), "--out", tmp_path / "o",
+                      "--device", "cuda")  # fmt: skip
+    assert rc == 2 and "device=cuda: CUDA is not available" in err, err
+
+
+def test_read_only_cache_fails_before_the_tiny_lm_is_trained(tmp_path, monkeypatch, read_only):
+    cache = read_only(tmp_path / "cache")
+    monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(cache))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained the tiny LM before checking that the cache is writable")
+
+    monkeypatch.setattr("sae_lens_e2e.quickstart.tiny_lm.train_tiny_model", no_training)
+    rc, _, err = _cli("--config", _write_config(tmp_path / "c.yaml"), "--out", tmp_path / "o")
+    assert rc == 2 and f"quickstart cache {cache}" in err and "SAE_LENS_E2E_CACHE" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_read_only_out_is_refused_before_any_work(tmp_path, monkeypatch, read_only):
+    monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(tmp_path / "cache"))
+    locked = read_only(tmp_path / "locked")
+    rc, _, err = _cli("--config", _write_config(tmp_path / "c.yaml"), "--out", locked / "report")
+    assert rc == 2 and f"cannot write to {locked}" in err, err
+    assert not (tmp_path / "cache").exists()
 
 
 # ----------------------------------------------------------------------------- HF path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import warnings
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,81 @@ def test_ctrl_c_prints_the_resume_command_which_finishes_the_run(tmp_path, monke
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("sae-lens-e2e train: error: checkpoint ")
     assert "is at step 5, past the 3 steps this config trains" in err
+
+
+# ----------------------------------------------------------------------------- typed fields
+
+SAE_FIELDS = {"d_in": 16, "d_sae": 32, "strategy": "e2e_ds", "l1_coefficient": 1.0}
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded: the config was not checked before any work")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sae": {**SAE_FIELDS, "d_sae": "32"}}, "sae.d_sae: expected an integer, got '32'"),
+        ({"training_tokens": "320"}, "training_tokens: expected an integer, got '320'"),
+        ({"lr": "1.0e-3"}, "lr: expected a number, got '1.0e-3'"),  # quoted in the YAML
+        ({"context_size": "sixteen"}, "context_size: expected an integer, got 'sixteen'"),
+        ({"sae": {**SAE_FIELDS, "l1_coefficient": "big"}}, "sae.l1_coefficient: expected a number"),
+        ({"sae": [1, 2]}, "sae: expected a mapping"),
+        ({"sae": {**SAE_FIELDS, "architecture": [1]}}, "sae.architecture=[1] is not one of"),
+        ({"sae": {**SAE_FIELDS, "d_sae": 0}}, "sae.d_sae: must be > 0, got 0"),
+        (
+            {"sae": {**SAE_FIELDS, "kl_coefficient": -1}},
+            "sae.kl_coefficient: must be >= 0, got -1.0",
+        ),
+        ({"sae": {**SAE_FIELDS, "strategy": "e3e"}}, "sae.strategy: must be one of 'local'"),
+        ({"logger": {"log_to_wandb": "no"}}, "logger.log_to_wandb: expected true or false"),
+        ({"logger": [1]}, "logger: expected a mapping"),
+        ({"seqpos_slice": ["a"]}, "seqpos_slice[0]: expected an integer or null"),
+        ({"lr": float("nan")}, "lr: must be a finite number"),
+        ({"adam_beta1": 1.5}, "adam_beta1: must be >= 0 and <= 1, got 1.5"),
+    ],
+)
+def test_wrong_type_or_range_is_one_line_before_any_work(
+    tmp_path, monkeypatch, capsys, changes, message
+):
+    monkeypatch.setattr("sae_lens_e2e.training.runner.load_model", _no_model)
+    path = _write_config(tmp_path, **changes)
+    capsys.readouterr()  # the test data's own progress output
+    assert cli.main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path):
+    """PyYAML reads `1e-3` as a string (YAML 1.1); the config loader reads it as 0.001."""
+    path = _write_config(tmp_path)
+    path.write_text(
+        path.read_text().replace("training_tokens: 320", "training_tokens: 320\nlr: 1e-3")
+    )
+    cfg = load_runner_config(path)
+    assert cfg.lr == 0.001 and cfg.seqpos_slice == (None,)
+
+
+def test_dataset_trust_remote_code_is_off_unless_asked(tmp_path):
+    assert load_runner_config(_write_config(tmp_path)).dataset_trust_remote_code is False
+    path = tmp_path / "again.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load((tmp_path / "run.yaml").read_text()),
+                                    "dataset_trust_remote_code": True}))  # fmt: skip
+    assert load_runner_config(path).dataset_trust_remote_code is True
+
+
+def test_train_prints_no_spurious_warnings(tmp_path, monkeypatch):
+    """SAELens's 'non-empty model_from_pretrained_kwargs' (the user set none) and tensor-copy
+    warnings are not shown by `train`."""
+    monkeypatch.setattr(
+        "sae_lens_e2e.training.runner.load_model", lambda *a, **k: make_tiny_model()
+    )
+    path = _write_config(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["train", str(path)]) == 0
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "model_from_pretrained_kwargs" in m], messages
+    assert not [m for m in messages if "To copy construct from a tensor" in m], messages

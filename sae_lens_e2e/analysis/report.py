@@ -191,6 +191,13 @@ def equal_l0_comparison(result: ReportData) -> list[dict[str, Any]]:
     return rows
 
 
+INTERPOLATION_NOTE = (
+    "Local's CE increase at an e2e SAE's L0 is interpolated linearly in log L0 between the two "
+    "local runs whose L0 bracket it; outside the local runs' L0 range nothing is compared "
+    "(no extrapolation)."
+)
+
+
 def comparison_lines(result: ReportData) -> list[str]:
     lines = []
     for row in equal_l0_comparison(result):
@@ -204,7 +211,7 @@ def comparison_lines(result: ReportData) -> list[str]:
         verdict = "lower" if row["ce_increase"] < local else "higher"
         lines.append(
             f"{row['label']}: L0 {row['l0']:.1f}, CE increase {row['ce_increase']:.4f} vs "
-            f"local {local:.4f} at the same L0 ({verdict})"
+            f"local {local:.4f} at the same L0 (interpolated in log L0; {verdict})"
         )
     return lines
 
@@ -216,6 +223,7 @@ def plot_pareto(result: ReportData, path: Path) -> Path:
     """CE increase against L0 and against alive latents, one curve per strategy."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(12, 5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -223,34 +231,60 @@ def plot_pareto(result: ReportData, path: Path) -> Path:
     groups: dict[str, list[SAERun]] = {}
     for run in result.runs:
         groups.setdefault(run.strategy if run.strategy != "loaded" else run.label, []).append(run)
-    for ax, (key, xlabel) in zip(
-        axes,
-        (
-            ("l0", "L0 (active latents per token)"),
-            ("alive", f"alive latents (over {result.n_eval_tokens:,} held-out tokens)"),
-        ),
-        strict=True,
-    ):
+    panels = (
+        ("l0", "L0 (active latents per token)"),
+        ("alive", f"alive latents (over {result.n_eval_tokens:,} held-out tokens)"),
+    )
+    for ax, (key, xlabel) in zip(axes, panels, strict=True):
+        labels = []
         for i, (name, runs) in enumerate(groups.items()):
             pts = sorted((_x(r, key), r.metrics["ce_loss_increase"], r) for r in runs)
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
-            for x, y, run in pts:
-                if run.coefficient is not None:
-                    ax.annotate(
-                        f"λ={run.coefficient:g}",
-                        (x, y),
-                        fontsize=7,
-                        xytext=(3, 3),
-                        textcoords="offset points",
-                    )
+            labels += [
+                (x, y, f"λ={r.coefficient:g}", f"C{i}")
+                for x, y, r in pts
+                if r.coefficient is not None
+            ]
         ax.set_xlabel(xlabel)
         ax.set_ylabel("CE loss increase (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
+        ax.margins(x=0.08, y=0.1)  # room for the labels of the outermost points
+        if key == "alive":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _annotate_apart(ax, labels)
     fig.suptitle(f"{result.model_name}, SAEs at {result.hook} (held-out, lower is better)")
     fig.savefig(path, dpi=120)
     return path
+
+
+def _annotate_apart(ax: Any, labels: list[tuple[float, float, str, str]]) -> None:
+    """Label points, stacking a label above earlier ones it would overlap (SAEs that reach
+    nearly the same alive count or L0 would otherwise print their lambdas on top of each
+    other)."""
+    ax.figure.draw_without_rendering()  # final layout, so data -> pixels is known
+    line = 9 * ax.figure.dpi / 72  # one 7-pt label with spacing, in pixels
+    placed: list[tuple[float, float, float]] = []  # x, y, width of labels put so far
+    for x, y, text, color in sorted(labels, key=lambda label: (label[1], label[0])):
+        px, py = ax.transData.transform((x, y))
+        width = len(text) * 5 * ax.figure.dpi / 72
+        shift = 0
+        while any(
+            abs(px - qx) < max(width, w) and abs(py + shift * line - qy) < line
+            for qx, qy, w in placed
+        ):
+            shift += 1
+        placed.append((px, py + shift * line, width))
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=(3, 3 + shift * 9),
+            textcoords="offset points",
+            fontsize=7,
+            color=color,
+            arrowprops=dict(arrowstyle="-", color=color, lw=0.5, alpha=0.6) if shift else None,
+        )
 
 
 def _x(run: SAERun, key: str) -> float:
@@ -364,6 +398,8 @@ def markdown_report(result: ReportData) -> str:
         "",
         *([f"**Note:** {alive_note(result)}.", ""] if alive_note(result) else []),
         "## e2e vs local at equal L0",
+        "",
+        INTERPOLATION_NOTE,
         "",
         *(f"- {line}" for line in comparison_lines(result) or ["(needs >= 2 local runs)"]),
         "",

@@ -7,8 +7,11 @@ import argparse
 import importlib
 import sys
 
+from sae_lens_e2e.cli.errors import user_message
+
 # Each module exposes `add_parser(subparsers)`, which registers a sub-command and sets
-# `func(args) -> int` as its default.
+# `func(args) -> int` as its default. They import nothing heavy (torch, SAELens) at module
+# level, so that `sae-lens-e2e --help` is quick.
 SUBCOMMAND_MODULES = [
     "sae_lens_e2e.cli.train",
     "sae_lens_e2e.cli.convert",
@@ -36,9 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
-        # Bad input: a clear one-line message, no traceback, non-zero exit.
-        print(f"sae-lens-e2e {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        # Something the user can fix: one line, no traceback, non-zero exit. A bug: traceback.
+        message = user_message(err)
+        if message is None:
+            raise
+        print(f"sae-lens-e2e {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

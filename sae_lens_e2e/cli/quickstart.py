@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sae_lens_e2e.training.config import STRATEGIES
+from sae_lens_e2e.cli.train import note_offline
+from sae_lens_e2e.config_fields import read_yaml_mapping
+from sae_lens_e2e.preflight import go_offline_if_hub_unreachable
 
 DEFAULT_OUT = "e2e_quickstart"
 
@@ -40,9 +40,11 @@ decay to 5e-5, grad clip 10, the layer-6 lambdas, 512 held-out sequences (alive 
 
 --config takes a YAML file whose keys are the long option names with '_' for '-' (model,
 dataset, hook, d_sae, training_tokens, coefficients: {local: [4.0], e2e: [3.0]}, ...) plus
-lm: {...} (the tiny model), runner_overrides: {...} (any SAELens LanguageModelSAERunnerConfig
-field) and sae_overrides: {...} (any E2EStandardTrainingSAEConfig field). Options given on
-the command line win over the file.
+lm: {...} (the tiny model), runner_overrides: {...} (SAELens LanguageModelSAERunnerConfig
+fields) and sae_overrides: {...} (E2EStandardTrainingSAEConfig fields), except the fields the
+quickstart sets for every run itself (strategy, l1_coefficient, hook, model, dataset, ...: use
+the options above). Every value is checked before any work. Options given on the command line
+win over the file; --coefficients replaces only the strategies it names.
 
 Held-out text: the tiny model's held-out documents are never trained on by the model or the
 SAEs. With --dataset, the first --n-eval-sequences sequences of the dataset's train split are
@@ -53,6 +55,8 @@ budget is refused rather than repeated.
 
 def parse_coefficients(items: list[str]) -> dict[str, list[float]]:
     """["local=1,2", "e2e=0.5"] -> {"local": [1.0, 2.0], "e2e": [0.5]}."""
+    from sae_lens_e2e.training.config import STRATEGIES
+
     out: dict[str, list[float]] = {}
     for item in items:
         strategy, sep, values = item.partition("=")
@@ -66,18 +70,6 @@ def parse_coefficients(items: list[str]) -> dict[str, list[float]]:
         except ValueError as err:
             raise ValueError(f"--coefficients {item!r}: {err}") from err
     return out
-
-
-def _read_config(path: str) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read config {path}: {err}") from err
-    if not isinstance(raw, dict):
-        raise ValueError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
-    return raw
 
 
 _FLAG_FIELDS = (
@@ -96,20 +88,25 @@ _FLAG_FIELDS = (
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """Defaults < --config file < command-line options."""
-    from sae_lens_e2e.quickstart.config import QuickstartConfig
+    from sae_lens_e2e.quickstart.config import (
+        TINY_COEFFICIENTS,
+        QuickstartConfig,
+        model_defaults,
+    )
 
-    raw = _read_config(args.config) if args.config else {}
+    raw = read_yaml_mapping(args.config) if args.config else {}
     for name in _FLAG_FIELDS:
         value = getattr(args, name)
         if value is not None:
             raw[name] = value
     if args.strategies is not None:
         raw["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if args.coefficients is not None:
-        raw["coefficients"] = {
-            **raw.get("coefficients", {}),
-            **parse_coefficients(args.coefficients),
-        }
+    given = raw.get("coefficients", {})
+    if isinstance(given, dict):  # else the config check names the mistake
+        # Per strategy: the model's defaults, then the file's, then the command line's.
+        default = model_defaults(raw.get("model")).get("coefficients", TINY_COEFFICIENTS)
+        cli = parse_coefficients(args.coefficients) if args.coefficients else {}
+        raw["coefficients"] = {**default, **given, **cli}
     if args.compare_sae:
         raw["compare_saes"] = [*raw.get("compare_saes", []), *args.compare_sae]
     return QuickstartConfig.from_dict(raw, source=args.config or "command line")
@@ -184,11 +181,17 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sae_lens_e2e.analysis.report import format_summary
+    from sae_lens_e2e.quickstart.config import resolve_device
     from sae_lens_e2e.quickstart.pipeline import check_output_dir, run_quickstart
+    from sae_lens_e2e.quickstart.tiny_lm import training_note
 
     cfg = config_from_args(args)
     cfg.validate()
     check_output_dir(Path(args.out), args.overwrite)  # before any slow work
+    if cfg.model is not None:
+        note_offline(go_offline_if_hub_unreachable())
+    elif not args.quiet:
+        print(training_note(cfg.lm, resolve_device(cfg.device)), file=sys.stderr)
     try:
         result = run_quickstart(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
     except KeyboardInterrupt:

@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
-from sae_lens.registry import get_sae_training_class
-
-from sae_lens_e2e.config_fields import check_known_fields
-from sae_lens_e2e.training.sae import _ARCHITECTURES, register_e2e_architectures
+from sae_lens_e2e.config_fields import build_config, read_yaml_mapping
+from sae_lens_e2e.preflight import check_writable, go_offline_if_hub_unreachable
 
 EXAMPLE = """\
 example CONFIG.yaml, the paper's GPT-2 layer-6 e2e_ds run (every field of SAELens's
@@ -50,43 +47,36 @@ LanguageModelSAERunnerConfig may appear; examples/ has all three strategies):
 """
 
 
-def runner_config_from_dict(
-    raw: dict[str, Any], source: str = "config"
-) -> LanguageModelSAERunnerConfig[Any]:
-    """Build the runner config, rejecting unknown fields (typos) with the section named."""
+def runner_config_from_dict(raw: dict[str, Any], source: str = "config") -> Any:
+    """Build the runner config; every field (runner, `sae`, `logger`) is checked against its
+    dataclass annotation and range first, so mistakes are one-line errors naming the field."""
+    from sae_lens.config import LanguageModelSAERunnerConfig
+    from sae_lens.registry import get_sae_training_class
+
+    from sae_lens_e2e.training.sae import _ARCHITECTURES, register_e2e_architectures
+
     register_e2e_architectures()
     raw = dict(raw)
-    sae = dict(raw.pop("sae", None) or {})
+    sae = raw.pop("sae", None)
+    sae = {} if sae is None else sae
+    if not isinstance(sae, dict):
+        raise ValueError(f"{source}: sae: expected a mapping of SAE config fields, got {sae!r}")
+    sae = dict(sae)
     architecture = sae.pop("architecture", "e2e_standard")
-    if architecture not in _ARCHITECTURES:
+    if not isinstance(architecture, str) or architecture not in _ARCHITECTURES:
         raise ValueError(
             f"{source}: sae.architecture={architecture!r} is not one of {sorted(_ARCHITECTURES)}"
         )
-    sae_cfg_class = get_sae_training_class(architecture)[1]
-    check_known_fields(f"{source}: sae", sae, sae_cfg_class)
-    logger = dict(raw.pop("logger", None) or {})
-    check_known_fields(f"{source}: logger", logger, LoggingConfig)
-    check_known_fields(source, raw, LanguageModelSAERunnerConfig)
-    if "seqpos_slice" in raw:
-        raw["seqpos_slice"] = tuple(raw["seqpos_slice"])
-    try:
-        return LanguageModelSAERunnerConfig(
-            sae=sae_cfg_class(**sae), logger=LoggingConfig(**logger), **raw
-        )
-    except TypeError as err:
-        raise ValueError(f"{source}: {err}") from err
+    sae_cfg = build_config(source, sae, get_sae_training_class(architecture)[1], "sae")
+    # SAELens asks `datasets` to trust remote code by default, which current `datasets` no
+    # longer supports and answers with a notice on every run; off unless asked for.
+    raw.setdefault("dataset_trust_remote_code", False)
+    return build_config(source, raw, LanguageModelSAERunnerConfig, sae=sae_cfg)
 
 
-def load_runner_config(path: str | Path) -> LanguageModelSAERunnerConfig[Any]:
+def load_runner_config(path: str | Path) -> Any:
     """Read a YAML run config; errors name the file."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read config {path}: {err}") from err
-    if not isinstance(raw, dict):
-        raise ValueError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
-    return runner_config_from_dict(raw, source=str(path))
+    return runner_config_from_dict(read_yaml_mapping(path), source=str(path))
 
 
 def add_parser(subparsers: Any) -> None:
@@ -116,14 +106,22 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sae_lens_e2e.training.runner import E2ESAETrainingRunner
+    from sae_lens_e2e.training.validation import check_run_environment
 
     cfg = load_runner_config(args.config)
     if args.resume:
         cfg.resume_from_checkpoint = args.resume
     if args.output:
         cfg.output_path = args.output
+    check_run_environment(cfg)
+    check_outputs(cfg)
+    if not (Path(cfg.model_name).exists() and Path(cfg.dataset_path).exists()):
+        note_offline(go_offline_if_hub_unreachable())
     try:
-        E2ESAETrainingRunner(cfg, dist_timeout=args.dist_timeout).run()
+        with warnings.catch_warnings():
+            # SAELens's store builds token tensors from tensors on its pre-tokenised path
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+            E2ESAETrainingRunner(cfg, dist_timeout=args.dist_timeout).run()
     except KeyboardInterrupt as interrupt:
         print(f"sae-lens-e2e train: {interrupted(interrupt, args)}", file=sys.stderr)
         return 130
@@ -145,3 +143,20 @@ def interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace) -> str:
         f"interrupted at step {interrupt.step}; resume with: {shlex.join(command)} "
         f"(from {checkpoint.name})"
     )
+
+
+def check_outputs(cfg: Any) -> None:
+    """The folders the run will write to are writable, before the model is even loaded."""
+    if cfg.output_path:
+        check_writable(cfg.output_path, "output_path", "pass --output DIR somewhere writable")
+    if cfg.checkpoint_path and (cfg.n_checkpoints > 0 or cfg.save_final_checkpoint):
+        check_writable(cfg.checkpoint_path, "checkpoint_path", "set it to a writable folder")
+
+
+def note_offline(reason: str | None) -> None:
+    if reason:
+        print(
+            f"note: {reason}; working offline (HF_HUB_OFFLINE=1): only models and datasets "
+            "already in the Hugging Face cache can be used",
+            file=sys.stderr,
+        )

@@ -145,7 +145,7 @@ def export_reference_checkpoint(
     config_path = Path(config_path) if config_path else out_path.parent / REFERENCE_CONFIG_FILENAME
     for p in (out_path, config_path):
         if p.exists() and not overwrite:
-            raise E2EConversionError(f"{p}: file exists (use overwrite)")
+            raise E2EConversionError(f"{p}: file exists (pass --overwrite / overwrite=True)")
     header = f"# exported by sae_lens_e2e from SAELens {sae_lens.__version__}\n"
     with atomic_file(out_path) as tmp:
         torch.save(sd, tmp)

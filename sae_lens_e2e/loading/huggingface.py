@@ -21,8 +21,10 @@ from sae_lens_e2e.loading.source_files import (
     NetworkUnavailableError,
     SourceFiles,
     SourceNotFoundError,
+    local_dir_hint,
     resolve_local_dir,
 )
+from sae_lens_e2e.preflight import hub_offline_reason
 
 DEFAULT_HF_REPO = "apollo-research/e2e-saes-gpt2"
 
@@ -40,17 +42,24 @@ def parse_hf_spec(spec: str) -> tuple[str, str]:
 
 
 def _hf_download(repo_id: str, filename: str, cache_dir: Path | None, force: bool) -> Path:
-    """One file through huggingface_hub (which caches it), with clear errors."""
+    """One file through huggingface_hub (which caches it), with clear errors. Offline
+    (HF_HUB_OFFLINE, or no route to the hub) only the cache is asked, so that this fails at
+    once instead of after huggingface_hub's retries."""
+    offline = hub_offline_reason()
     try:
         return Path(
             huggingface_hub.hf_hub_download(
-                repo_id, filename, cache_dir=cache_dir, force_download=force
+                repo_id,
+                filename,
+                cache_dir=cache_dir,
+                force_download=force and offline is None,
+                local_files_only=offline is not None,
             )
         )
     except hf_errors.LocalEntryNotFoundError as e:
         raise NetworkUnavailableError(
-            f"cannot reach the Hugging Face hub for {repo_id}/{filename} and it is not cached "
-            f"({e}); pass a local directory holding the file"
+            f"{repo_id}/{filename} is not in the download cache and "
+            f"{offline or 'the Hugging Face hub cannot be reached'}; {local_dir_hint(filename)}"
         ) from e
     except (hf_errors.RepositoryNotFoundError, hf_errors.EntryNotFoundError) as e:
         raise SourceNotFoundError(f"Hugging Face file {repo_id}/{filename} not found") from e

@@ -12,6 +12,11 @@ from sae_lens_e2e.loading.reference_format import E2EConversionError
 LOCAL_DIR_ENV = "SAE_LENS_E2E_LOCAL_DIR"
 
 
+def local_dir_hint(files: str) -> str:
+    """How to convert without network, naming the CLI flag and the Python argument."""
+    return f"pass --local-dir DIR (Python: local_dir=DIR, or ${LOCAL_DIR_ENV}) holding {files}"
+
+
 class E2ESourceError(E2EConversionError):
     """A wandb run / Hugging Face file could not be obtained."""
 

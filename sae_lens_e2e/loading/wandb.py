@@ -7,6 +7,7 @@ directory; a local directory of already-downloaded files serves machines without
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from sae_lens_e2e.loading.source_files import (
     NetworkUnavailableError,
     SourceFiles,
     SourceNotFoundError,
+    local_dir_hint,
     resolve_local_dir,
 )
+from sae_lens_e2e.preflight import WANDB_BASE_URL_DEFAULT, unreachable
 
 DEFAULT_WANDB_PROJECT = "sparsify/gpt2"
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -91,10 +94,7 @@ def _from_cache(run: WandbRunPath, run_cache: Path) -> SourceFiles | None:
 def _wandb_error(run: WandbRunPath, e: Exception) -> E2ESourceError:
     """Tell apart 'no such run' from 'cannot reach wandb' in wandb's exceptions."""
     text = str(e)
-    hint = (
-        "; or pass a local directory holding the run's samples_<N>.pt + "
-        f"{REFERENCE_CONFIG_FILENAME}"
-    )
+    hint = f"; or {_offline_hint()}"
     if re.search(r"not found|could not find|404|does not exist", text, re.IGNORECASE):
         return SourceNotFoundError(f"wandb run '{run.path}' not found ({text})")
     if type(e).__name__ in {"UsageError", "AuthenticationError"}:
@@ -105,11 +105,21 @@ def _wandb_error(run: WandbRunPath, e: Exception) -> E2ESourceError:
     return NetworkUnavailableError(f"cannot reach wandb for run '{run.path}': {text}{hint}")
 
 
+def _offline_hint() -> str:
+    return local_dir_hint(f"the run's samples_<N>.pt + {REFERENCE_CONFIG_FILENAME}")
+
+
 def _list_run_files(run: WandbRunPath) -> list[Any]:
     try:
         import wandb
     except ImportError as e:  # pragma: no cover - wandb ships with sae-lens
         raise NetworkUnavailableError("the wandb package is not installed") from e
+    # Ask the network first: offline, wandb.Api() reports missing credentials (or retries).
+    reason = unreachable(os.environ.get("WANDB_BASE_URL") or WANDB_BASE_URL_DEFAULT)
+    if reason is not None:
+        raise NetworkUnavailableError(
+            f"{reason}; to convert wandb run '{run.path}' offline, {_offline_hint()}"
+        )
     try:
         return list(wandb.Api().run(run.path).files())
     except Exception as e:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+from sae_lens import LanguageModelSAERunnerConfig
 
 from sae_lens_e2e import paper_settings
-from sae_lens_e2e.config_fields import check_known_fields
-from sae_lens_e2e.quickstart.tiny_lm import (
-    TinyLMConfig,
-)
-from sae_lens_e2e.training.config import STRATEGIES
+from sae_lens_e2e.config_fields import build_config, check_fields
+from sae_lens_e2e.preflight import check_device
+from sae_lens_e2e.quickstart.tiny_lm import TinyLMConfig
+from sae_lens_e2e.training.config import STRATEGIES, E2EStandardTrainingSAEConfig
 
 SAES_DIR = "saes"
 LOGS_DIR = "logs"
@@ -29,6 +28,30 @@ TINY_COEFFICIENTS: dict[str, list[float]] = {
     "local": [1.0, 3.0, 10.0],
     "e2e": [0.3, 1.0, 3.0],
     "e2e_ds": [3.0, 10.0, 30.0],
+}
+
+# Fields the sweep sets itself for every run -> the quickstart option to use instead.
+SWEEP_SAE_FIELDS = {
+    "strategy": "strategies",
+    "l1_coefficient": "coefficients",
+    "d_in": "hook (d_in is the hook's width)",
+    "d_sae": "d_sae",
+    "in_to_orig_coefficient": "in_to_orig_coefficient (it applies to e2e_ds only)",
+}
+SWEEP_RUNNER_FIELDS = {
+    "sae": "sae_overrides",
+    "model_name": "model",
+    "dataset_path": "dataset",
+    "hook_name": "hook",
+    "context_size": "context_size",
+    "training_tokens": "training_tokens",
+    "train_batch_size_tokens": "train_batch_size_tokens",
+    "lr": "lr",
+    "lr_warm_up_steps": "lr_warm_up_steps",
+    "seed": "seed",
+    "device": "device",
+    "output_path": "--out",
+    "model_from_pretrained_kwargs": "model_from_pretrained_kwargs",
 }
 
 
@@ -75,23 +98,37 @@ class QuickstartConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> QuickstartConfig:
-        """Build from a mapping (YAML), rejecting unknown keys so typos are caught. Keys not
+        """Build from a mapping (YAML); every field is checked (name, type, range). Keys not
         given take the model's defaults (`model_defaults`), then the tiny model's."""
         raw = dict(raw)
-        lm = raw.pop("lm", None) or {}
         for name, value in model_defaults(raw.get("model")).items():
             given = raw.get(name)
             merge = name.endswith("_overrides") and isinstance(given, Mapping)
             raw[name] = {**value, **given} if merge else raw.get(name, value)
-        check_known_fields(source, raw, cls)
-        check_known_fields(f"{source}: lm", lm, TinyLMConfig)
-        try:
-            return cls(**raw, lm=TinyLMConfig(**lm))
-        except TypeError as err:
-            raise ValueError(f"{source}: {err}") from err
+        cfg = build_config(source, raw, cls)
+        cfg.check_overrides(source)
+        return cfg
+
+    def check_overrides(self, source: str = "config") -> None:
+        """The override mappings against SAELens's runner config and our SAE config, leaving
+        out what the sweep sets per run (which would silently relabel or merge runs)."""
+        for name, owned, cls in (
+            ("sae_overrides", SWEEP_SAE_FIELDS, E2EStandardTrainingSAEConfig),
+            ("runner_overrides", SWEEP_RUNNER_FIELDS, LanguageModelSAERunnerConfig),
+        ):
+            overrides = getattr(self, name)
+            for key in overrides:
+                if key in owned:
+                    raise ValueError(
+                        f"{source}: {name}.{key}: set per run by the quickstart; use {owned[key]}"
+                    )
+            check_fields(source, overrides, cls, section=name)
 
     def validate(self) -> None:
-        """Check what can be checked before any work starts."""
+        """Check what can be checked before any work starts (also for configs built in
+        Python: every field's type and range, then how the fields fit together)."""
+        check_fields("config", {f.name: getattr(self, f.name) for f in fields(self)}, type(self))
+        check_device(self.device, "device")
         if (self.model is None) != (self.dataset is None):
             raise ValueError(
                 "--model and --dataset go together (a TransformerLens model and a Hugging Face "
@@ -108,11 +145,6 @@ class QuickstartConfig:
                 raise ValueError(f"no sparsity coefficients given for strategy {strategy!r}")
             if len(set(coefs)) != len(coefs):
                 raise ValueError(f"coefficients for {strategy!r} repeat a value: {coefs}")
-            if any(not math.isfinite(c) or c < 0 for c in coefs):
-                raise ValueError(f"coefficients for {strategy!r} must be >= 0, got {coefs}")
-        for name in ("context_size", "d_sae", "training_tokens", "n_eval_sequences"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.train_batch_size_tokens % self.context_size:
             raise ValueError(
                 f"train_batch_size_tokens={self.train_batch_size_tokens} must be a multiple of "

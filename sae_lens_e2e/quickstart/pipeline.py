@@ -44,6 +44,7 @@ from sae_lens_e2e.analysis.report import (
     write_report,
 )
 from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries, unexpected_entries
+from sae_lens_e2e.preflight import check_writable
 from sae_lens_e2e.quickstart.config import (
     LOGS_DIR,
     MODEL_DIR,
@@ -198,6 +199,7 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     """`out` may be new or empty or, to be replaced, a quickstart report and nothing else."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output path {out} exists and is not a directory")
+    check_writable(out.absolute().parent, "output folder", "choose one you can write to")
     if not out.is_dir() or not any(out.iterdir()):
         return
     foreign = unexpected_entries(out, REPORT_ENTRIES)

@@ -32,8 +32,10 @@ def build_runner_config(
     output_path: Path | None,
     device: str,
     tiny: bool = False,
+    verbose: bool = False,
 ) -> Any:
-    """One SAELens runner config of the sweep; only strategy and lambda vary across runs."""
+    """One SAELens runner config of the sweep; only strategy and lambda vary across runs.
+    The fields the sweep sets here are those `SWEEP_*_FIELDS` keep out of the overrides."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
     from sae_lens_e2e.training.config import E2EStandardTrainingSAEConfig
@@ -50,6 +52,7 @@ def build_runner_config(
         hook_name=hook,
         dataset_path="" if tiny else cfg.dataset,
         is_dataset_tokenized=True,
+        dataset_trust_remote_code=False,  # else `datasets` prints a notice on every run
         prepend_bos=False if tiny else cfg.prepend_bos is not False,
         streaming=not tiny,
         context_size=cfg.context_size,
@@ -69,7 +72,7 @@ def build_runner_config(
         checkpoint_path=None,
         n_checkpoints=0,
         save_final_checkpoint=False,
-        verbose=False,
+        verbose=verbose,  # the trainer's progress bar
         device=device,
         act_store_device=device,
         seed=sae_seed(cfg.seed, strategy),

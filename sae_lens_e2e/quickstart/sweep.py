@@ -26,7 +26,7 @@ def train_sweep(
 ) -> list[SAERun]:
     """Every (strategy, lambda) through `E2ESAETrainingRunner`, saved under out/saes/."""
     plan = {
-        run_label(s, c): (s, c, _runner_config_for(cfg, work, s, c, out, device))
+        run_label(s, c): (s, c, _runner_config_for(cfg, work, s, c, out, device, progress))
         for s in cfg.strategies
         for c in cfg.coefficients[s]
     }
@@ -56,12 +56,19 @@ def validate_sweep(cfg: QuickstartConfig, model: HookedTransformer, device: str)
 
 
 def _runner_config_for(
-    cfg: QuickstartConfig, work: Workload, strategy: str, coefficient: float, out: Path, device: str
+    cfg: QuickstartConfig,
+    work: Workload,
+    strategy: str,
+    coefficient: float,
+    out: Path,
+    device: str,
+    progress: bool,
 ) -> Any:
     label = run_label(strategy, coefficient)
     tiny = work.train_dataset is not None
+    path = out / SAES_DIR / label
     return build_runner_config(
-        cfg, work.hook, work.d_in, strategy, coefficient, out / SAES_DIR / label, device, tiny
+        cfg, work.hook, work.d_in, strategy, coefficient, path, device, tiny, verbose=progress
     )
 
 

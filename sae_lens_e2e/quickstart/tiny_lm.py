@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_lens_e2e.atomic import atomic_directory
-from sae_lens_e2e.cache import default_cache_dir
+from sae_lens_e2e.cache import CACHE_ENV, default_cache_dir
+from sae_lens_e2e.preflight import check_writable
 
 TINY_MODEL_NAME = "quickstart-bytes-lm"
 TINY_DATASET_NAME = "pydoc_data.topics (byte-level)"
@@ -142,6 +143,45 @@ def quickstart_cache_dir() -> Path:
     return default_cache_dir() / "quickstart"
 
 
+def cached_model_dir(lm: TinyLMConfig, corpus: ByteCorpus) -> Path | None:
+    """The cache folder of this model if it was trained before, else None."""
+    cache = quickstart_cache_dir() / tiny_model_key(lm, corpus)
+    done = (cache / "model.pt").is_file() and (cache / "info.json").is_file()
+    return cache if done else None
+
+
+# Wall time of training the default TinyLMConfig on a 2-core CPU (about 2.5 min, measured in
+# issue 15). Other settings scale it by their training compute: steps x tokens per step x
+# n_layers x d_model^2.
+_REFERENCE_CPU_SECONDS = 150.0
+
+
+def training_note(lm: TinyLMConfig, device: str) -> str:
+    """What the quickstart does first and roughly how long it takes (said before it starts)."""
+    corpus = load_pydoc_corpus(lm.heldout_fraction, lm.corpus_bytes)
+    cached = cached_model_dir(lm, corpus)
+    if cached is not None:
+        return f"quickstart: using the small language model trained by an earlier run ({cached})"
+    if device.startswith("cuda"):
+        estimate = "well under a minute on a GPU"
+    else:
+
+        def work(c: TinyLMConfig) -> float:
+            return c.steps * c.batch_size * c.n_ctx * c.n_layers * c.d_model**2
+
+        minutes = _REFERENCE_CPU_SECONDS * work(lm) / work(TinyLMConfig()) / 60
+        estimate = (
+            "under a minute on a 2-core CPU"
+            if minutes < 1
+            else f"about {minutes:.1f} min on a 2-core CPU, less on a faster one"
+        )
+    return (
+        f"quickstart: first trains a small byte-level language model on the Python docs "
+        f"({lm.steps} steps, {estimate}; once, then cached in {quickstart_cache_dir()}), "
+        "then the SAEs"
+    )
+
+
 @torch.no_grad()
 def heldout_loss(model: HookedTransformer, tokens: torch.Tensor, batch_size: int = 32) -> float:
     """Token-weighted next-byte CE on held-out windows."""
@@ -204,13 +244,15 @@ def get_tiny_model(
     cfg = tiny_model_config(lm, device)
     model = HookedTransformer(cfg)
     cache = quickstart_cache_dir() / tiny_model_key(lm, corpus)
-    if (cache / "model.pt").is_file() and (cache / "info.json").is_file():
+    if cached_model_dir(lm, corpus) is not None:
         model.load_state_dict(
             torch.load(cache / "model.pt", weights_only=True, map_location=device)
         )
         model.eval()
         info = json.loads((cache / "info.json").read_text()) | {"cached": True}
         return TinyModel(model, info | {"cache_dir": str(cache)})
+    # Before minutes of training, not after: the cache must take the trained model.
+    check_writable(cache, "quickstart cache", f"set {CACHE_ENV} to a writable folder")
     start = time.perf_counter()
     train_tiny_model(model, corpus, lm, progress)
     eval_windows = windows(corpus.heldout, lm.n_ctx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,11 @@ class E2ESAETrainingRunner:
         )
         sae_cfg = dataclasses.replace(self.cfg.sae, metadata=metadata, device=self.cfg.device)
         sae_class, _ = get_sae_training_class(sae_cfg.architecture())
-        return sae_class(sae_cfg)
+        with warnings.catch_warnings():
+            # SAELens tells whoever loads an SAE with model_from_pretrained_kwargs to load the
+            # model with them; here the runner already did (and SAELens fills in a default).
+            warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from")
+            return sae_class(sae_cfg)
 
     def _warm_start(self, override_sae: SAE[Any] | dict[str, SAE[Any]] | None) -> None:
         sources: dict[str, SAE[Any]] = {}

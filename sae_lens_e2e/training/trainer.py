@@ -169,7 +169,7 @@ class E2ETrainer:
             total=self.total_steps,
             initial=self.step,
             desc=f"e2e[{self.e2e.strategy}]",
-            disable=not self.ranks.is_main,
+            disable=not (self.ranks.is_main and self.cfg.verbose),
         ) as bar:
             while self.step < self.total_steps:
                 terms = self.train_step()

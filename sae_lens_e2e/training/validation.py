@@ -13,6 +13,8 @@ import torch
 from sae_lens.config import LanguageModelSAERunnerConfig
 from transformer_lens import HookedTransformer
 
+from sae_lens_e2e.kernels import resolve_backend
+from sae_lens_e2e.preflight import check_device
 from sae_lens_e2e.training.config import E2ETrainingMixin
 from sae_lens_e2e.training.splice import hook_layer
 
@@ -27,10 +29,20 @@ def sae_hook_names(cfg: LanguageModelSAERunnerConfig[Any]) -> list[str]:
     return names
 
 
+def check_run_environment(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
+    """The devices the config names exist here and its kernels backend can run on them
+    (checked before the model is loaded, not when the first step runs)."""
+    for option in ("device", "llm_device", "act_store_device"):
+        check_device(getattr(cfg, option), option)
+    e2e: E2ETrainingMixin = cfg.sae  # type: ignore[assignment]
+    resolve_backend(e2e.kernels, torch.device(cfg.device))
+
+
 def validate_run(
     cfg: LanguageModelSAERunnerConfig[Any], model: Any, downstream_hooks: Sequence[str]
 ) -> None:
     """Everything that can be checked from the config and the model, before any data."""
+    check_run_environment(cfg)
     e2e: E2ETrainingMixin = cfg.sae  # type: ignore[assignment]
     if not isinstance(model, HookedTransformer):
         raise TypeError(

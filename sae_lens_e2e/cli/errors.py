@@ -1,0 +1,66 @@
+"""One-line messages for the errors a user can act on (bad input, files, devices, network,
+a diverged run); anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import errno
+import sys
+from collections.abc import Iterator
+
+# Raised (or chained) by huggingface_hub / transformers / datasets / requests / httpx when the
+# hub cannot be reached and the files are not cached.
+_OFFLINE_ERRORS = {
+    "LocalEntryNotFoundError",
+    "OfflineModeIsEnabled",
+    "ConnectionError",
+    "ConnectError",
+    "ConnectTimeout",
+    "NameResolutionError",
+    "MaxRetryError",
+}
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def _non_finite(err: BaseException) -> bool:
+    trainer = sys.modules.get("sae_lens_e2e.training.trainer")
+    return trainer is not None and isinstance(err, trainer.NonFiniteLossError)
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug."""
+    if _non_finite(err):
+        return f"training stopped: {_one_line(err)}"
+    if any(type(e).__name__ in _OFFLINE_ERRORS for e in _chain(err)):
+        return (
+            f"{_first_line(err)} - the Hugging Face hub cannot be reached and the files are not "
+            "in the local cache: connect once to download them (and unset HF_HUB_OFFLINE if "
+            "set), or give a local path"
+        )
+    if isinstance(err, OSError) and err.filename is not None:
+        hint = "; choose a writable location or fix its permissions"
+        if err.errno == errno.ENOSPC:
+            hint = "; free some space or choose another location"
+        elif err.errno not in _WRITE_ERRNOS:
+            hint = ""
+        return f"{err.strerror or _first_line(err)}: {err.filename}{hint}"
+    if isinstance(err, ValueError | OSError):
+        return _one_line(err)
+    return None

@@ -1,0 +1,100 @@
+"""Checks of the environment before any slow work: can we write there, is the device there, can
+we reach the network. Each failure is a one-line ValueError naming the path or setting and the
+fix, instead of a crash after minutes of training (or half a minute of network retries)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+HF_ENDPOINT_DEFAULT = "https://huggingface.co"
+WANDB_BASE_URL_DEFAULT = "https://api.wandb.ai"
+PROBE_TIMEOUT_S = 3.0
+
+
+def check_writable(path: str | Path, what: str, fix: str) -> None:
+    """`path` (a folder or file to be created, or existing) can be written: its nearest
+    existing ancestor is a writable folder. Checked with access(2), which also sees read-only
+    mounts, so nothing is created."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path}: {existing} is a file, not a folder; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: cannot write to {existing} (permission denied); {fix}")
+
+
+def check_device(device: str | None, option: str) -> None:
+    """A CUDA / MPS device that is not there, named with the option that asked for it."""
+    if not device or device in ("auto", "cpu"):
+        return
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = (
+            "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        )
+        raise ValueError(f"{option}={device}: CUDA is not available ({why}); use cpu")
+    if kind == "cuda" and ":" in device:
+        index, count = int(device.split(":")[1]), torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"{option}={device}: only {count} CUDA device(s) here")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option}={device}: MPS is not available here; use cpu")
+
+
+def unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None if a TCP connection to `url`'s host opens within `timeout`, else why not.
+
+    Asked before a download so that an offline machine fails at once, instead of after the
+    clients' own retries (huggingface_hub: about half a minute of "Retrying in ...s").
+    """
+    parsed = urlparse(url)
+    host = parsed.hostname or url
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        if isinstance(err, socket.gaierror) or err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            reason = f"no network ({reason})"
+        return f"cannot reach {host}: {reason}"
+    return None
+
+
+def hf_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or HF_ENDPOINT_DEFAULT
+
+
+def hub_offline_reason() -> str | None:
+    """Why the Hugging Face hub cannot be used right now (HF_HUB_OFFLINE, or no route)."""
+    import huggingface_hub
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    return unreachable(hf_endpoint())
+
+
+def go_offline_if_hub_unreachable() -> str | None:
+    """If the hub cannot be reached, put the Hugging Face libraries in offline mode (the cache
+    only), so a missing model or dataset fails at once rather than after retries. Returns the
+    reason, or None when the hub is reachable or offline mode was already on."""
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return None
+    reason = unreachable(hf_endpoint())
+    if reason is None:
+        return None
+    os.environ["HF_HUB_OFFLINE"] = "1"  # read by libraries imported from now on
+    import sys
+
+    for name, attr in (
+        ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+        ("datasets.config", "HF_HUB_OFFLINE"),
+    ):
+        if name in sys.modules:
+            setattr(sys.modules[name], attr, True)
+    return reason
