@@ -33,7 +33,7 @@ _EXPORTS = {
     "E2ETopKTrainingSAE": "sae_lens_e2e.training.sae",
     "register_e2e_architectures": "sae_lens_e2e.training.sae",
     "E2ETrainer": "sae_lens_e2e.training.trainer",
-    "NonFiniteLossError": "sae_lens_e2e.training.trainer",
+    "NonFiniteLossError": "sae_lens_e2e.training.checkpoints",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -409,7 +409,7 @@ def test_coefficients_option_merges_with_the_defaults():
 def test_cuda_device_without_cuda_is_refused(tmp_path):
     rc, _, err = _cli("--config", _write_config(tmp_path / "c.yaml"), "--out", tmp_path / "o",
                       "--device", "cuda")  # fmt: skip
-    assert rc == 2 and "device=cuda: CUDA is not available" in err, err
+    assert rc == 2 and "--device=cuda: CUDA is not available" in err, err
 
 
 def test_read_only_cache_fails_before_the_tiny_lm_is_trained(tmp_path, monkeypatch, read_only):

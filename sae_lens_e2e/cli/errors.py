@@ -40,8 +40,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def _non_finite(err: BaseException) -> bool:
-    trainer = sys.modules.get("sae_lens_e2e.training.trainer")
-    return trainer is not None and isinstance(err, trainer.NonFiniteLossError)
+    # Only if training ran (the module is loaded); the CLI itself never imports torch for this.
+    checkpoints = sys.modules.get("sae_lens_e2e.training.checkpoints")
+    return checkpoints is not None and isinstance(err, checkpoints.NonFiniteLossError)
 
 
 def user_message(err: BaseException) -> str | None:

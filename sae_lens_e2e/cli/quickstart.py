@@ -9,7 +9,7 @@ from typing import Any
 
 from sae_lens_e2e.cli.train import note_offline
 from sae_lens_e2e.config_fields import read_yaml_mapping
-from sae_lens_e2e.preflight import go_offline_if_hub_unreachable
+from sae_lens_e2e.preflight import check_device, go_offline_if_hub_unreachable
 
 DEFAULT_OUT = "e2e_quickstart"
 
@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.validate()
+    check_device(cfg.device, "--device")  # before the note below
     check_output_dir(Path(args.out), args.overwrite)  # before any slow work
     if cfg.model is not None:
         note_offline(go_offline_if_hub_unreachable())

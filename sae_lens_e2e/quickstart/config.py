@@ -12,7 +12,6 @@ from sae_lens import LanguageModelSAERunnerConfig
 
 from sae_lens_e2e import paper_settings
 from sae_lens_e2e.config_fields import build_config, check_fields
-from sae_lens_e2e.preflight import check_device
 from sae_lens_e2e.quickstart.tiny_lm import TinyLMConfig
 from sae_lens_e2e.training.config import STRATEGIES, E2EStandardTrainingSAEConfig
 
@@ -128,7 +127,6 @@ class QuickstartConfig:
         """Check what can be checked before any work starts (also for configs built in
         Python: every field's type and range, then how the fields fit together)."""
         check_fields("config", {f.name: getattr(self, f.name) for f in fields(self)}, type(self))
-        check_device(self.device, "device")
         if (self.model is None) != (self.dataset is None):
             raise ValueError(
                 "--model and --dataset go together (a TransformerLens model and a Hugging Face "

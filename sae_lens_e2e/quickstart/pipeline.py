@@ -44,7 +44,7 @@ from sae_lens_e2e.analysis.report import (
     write_report,
 )
 from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries, unexpected_entries
-from sae_lens_e2e.preflight import check_writable
+from sae_lens_e2e.preflight import check_device, check_writable
 from sae_lens_e2e.quickstart.config import (
     LOGS_DIR,
     MODEL_DIR,
@@ -226,6 +226,7 @@ def run_quickstart(
     """Train, evaluate and report; the folder appears only when everything succeeded."""
     out = Path(out)
     cfg.validate()
+    check_device(cfg.device, "device")  # here, not in validate(): a GPU config is valid anywhere
     check_output_dir(out, overwrite)
     remove_stale_temporaries(out.absolute().parent, re.escape(out.name))  # of killed runs
     device = resolve_device(cfg.device)
