@@ -19,6 +19,7 @@ import pytest
 import torch
 import wandb
 import yaml
+from hf_upload import ReferenceSAEModule, write_uploaded_pair
 from huggingface_hub import errors as hf_errors
 from sae_lens import SAE
 from test_convert import (
@@ -184,11 +185,11 @@ def fake_hub(monkeypatch, tmp_path):
     return state
 
 
-def put_hf_pair(hub: dict, stem: str, sd: dict, config: dict) -> None:
-    repo = hub["remote"] / DEFAULT_HF_REPO
-    repo.mkdir(parents=True, exist_ok=True)
-    torch.save(sd, repo / f"{stem}.pt")
-    (repo / f"{stem}.yaml").write_text(yaml.safe_dump(config))
+def put_hf_pair(hub: dict, stem: str, config: dict, seed: int = 0) -> ReferenceSAEModule:
+    """A file pair on the fake hub, as the reference's upload script wrote the real ones."""
+    module = ReferenceSAEModule(D_IN, D_SAE, seed=seed)
+    write_uploaded_pair(hub["remote"] / DEFAULT_HF_REPO, stem, module, config)
+    return module
 
 
 # ------------------------------------------------------------------ paths and the paper table
@@ -215,7 +216,7 @@ def test_paper_table() -> None:
     saes = list_paper_saes()
     main_rows = [s for s in saes if s.selection.startswith("similar_")]
     assert len(main_rows) == 27 and len(saes) == 33
-    assert sum(1 for s in saes if s.hf) == 18
+    assert sum(1 for s in saes if s.hf) == 23  # rows whose run some HF file holds
     assert all(isinstance(s.wandb_run, str) and len(s.wandb_run) == 8 for s in saes)
     e2e6 = find_paper_sae("e2e", 6, "similar_ce")
     assert (e2e6.wandb_run, e2e6.hf, e2e6.hook_name) == ("zgdpkafo", "e2e_similar_ce_layer_6", L6)
@@ -303,10 +304,9 @@ def test_saelens_from_pretrained_with_wandb_converter(fake_wandb, tmp_path) -> N
 
 
 def test_hf_converter_and_load_e2e_sae(fake_hub, fake_wandb, tmp_path) -> None:
-    sd = make_reference_sd([L6], normalized=True, seed=5)
-    put_hf_pair(fake_hub, "e2e_similar_ce_layer_6", sd, make_reference_config([L6]))
+    module = put_hf_pair(fake_hub, "e2e_similar_ce_layer_6", make_reference_config([L6]), seed=5)
     x = torch.randn(4, D_IN)
-    ref = reference_forward(sd, "blocks-6-hook_resid_pre.", x)
+    ref = module(x).detach()
 
     sae = SAE.from_pretrained(DEFAULT_HF_REPO, "e2e_similar_ce_layer_6", converter=hf_converter)
     assert rel_err(sae(x).detach(), ref) < 1e-6
@@ -339,8 +339,7 @@ def test_hf_errors_are_clear(fake_hub, tmp_path) -> None:
 def test_hf_fails_fast_offline_and_names_the_flag(fake_hub, tmp_path, monkeypatch) -> None:
     """HF_HUB_OFFLINE or no route: only the cache is asked (no retries), and the message says
     why and how to convert offline."""
-    sd, config = make_reference_sd([L6]), make_reference_config(L6)
-    put_hf_pair(fake_hub, "e2e_similar_ce_layer_6", sd, config)
+    put_hf_pair(fake_hub, "e2e_similar_ce_layer_6", make_reference_config(L6))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(NetworkUnavailableError, match="HF_HUB_OFFLINE is set.*--local-dir"):
         convert_source("hf:e2e_similar_ce_layer_6", tmp_path / "out")
@@ -372,8 +371,7 @@ def test_wandb_offline_says_network_not_credentials(fake_wandb, tmp_path, capsys
 
 
 def test_cli_convert_hf_then_push_to_hub(fake_hub, tmp_path, capsys) -> None:
-    sd = make_reference_sd([L6], normalized=True)
-    put_hf_pair(fake_hub, "local_similar_ce_layer_6", sd, make_reference_config(L6))
+    module = put_hf_pair(fake_hub, "local_similar_ce_layer_6", make_reference_config(L6))
     out = tmp_path / "out"
     spec = f"hf:{DEFAULT_HF_REPO}/local_similar_ce_layer_6"
     args = ["convert", spec, "--out", str(out), "--push-to-hub", "me/e2e", "--hub-prefix", "l6"]
@@ -382,7 +380,7 @@ def test_cli_convert_hf_then_push_to_hub(fake_hub, tmp_path, capsys) -> None:
     # stock SAELens, no converter: the pushed layout is what from_pretrained reads
     sae = SAE.from_pretrained("me/e2e", f"l6/{L6}")
     x = torch.randn(4, D_IN)
-    assert rel_err(sae(x).detach(), reference_forward(sd, "blocks-6-hook_resid_pre.", x)) < 1e-6
+    assert rel_err(sae(x).detach(), module(x).detach()) < 1e-6
 
 
 def test_cli_wandb_offline_directory(fake_wandb, tmp_path) -> None:

@@ -16,7 +16,8 @@ CONVERT_EPILOG = textwrap.dedent(
                                           (e.g. wandb:sparsify/gpt2/tvj2owza)
       hf:ORG/REPO/STEM                    STEM.pt + STEM.yaml on the Hugging Face hub, e.g.
                                           hf:apollo-research/e2e-saes-gpt2/e2e_similar_ce_layer_6
-      paper:TYPE/LAYER[/SELECTION]        a paper SAE by name, from wandb
+      paper:TYPE/LAYER[/SELECTION]        a paper SAE by name, from the Hugging Face file
+                                          holding its run, else from wandb
                                           (e.g. paper:e2e/6/similar_ce; TYPE local|e2e|e2e+ds)
 
     Writes OUT/NAME/<hook_name>/cfg.json + sae_weights.safetensors for every SAE in the

@@ -11,6 +11,7 @@ import huggingface_hub
 from huggingface_hub import errors as hf_errors
 from sae_lens import SAE
 
+from sae_lens_e2e.loading.paper import hf_files
 from sae_lens_e2e.loading.reference_format import (
     SAE_CFG_FILENAME,
     SAE_WEIGHTS_FILENAME,
@@ -24,6 +25,7 @@ from sae_lens_e2e.loading.source_files import (
     local_dir_hint,
     resolve_local_dir,
 )
+from sae_lens_e2e.loading.wandb import DEFAULT_WANDB_PROJECT
 from sae_lens_e2e.preflight import hub_offline_reason
 
 DEFAULT_HF_REPO = "apollo-research/e2e-saes-gpt2"
@@ -75,8 +77,11 @@ def fetch_hf_sae(
     local_dir: str | Path | None = None,
     force_download: bool = False,
 ) -> SourceFiles:
-    """`<stem>.pt` + `<stem>.yaml` from the hub (or `local_dir` when offline)."""
+    """`<stem>.pt` + `<stem>.yaml` from the hub (or `local_dir` when offline); the paper's
+    files also record the wandb run they hold."""
     source = {"hf_repo": repo_id, "hf_file": f"{stem}.pt"}
+    if repo_id == DEFAULT_HF_REPO and stem in hf_files():
+        source["wandb_run"] = f"{DEFAULT_WANDB_PROJECT}/{hf_files()[stem]}"
     local = resolve_local_dir(local_dir)
     if local is not None:
         ckpt, cfg = local / f"{stem}.pt", local / f"{stem}.yaml"

@@ -5,6 +5,13 @@ The reference code (ApolloResearch/e2e_sae) saves `SAETransformer.saes.state_dic
 `encoder` (Linear + ReLU, so `encoder.0.*`) and a `decoder` Linear whose weight columns are
 normalised inside every forward pass.
 
+The Hugging Face files (`apollo-research/e2e-saes-gpt2`, written by the reference's upload
+script, branch feature/upload_to_hf_script, `e2e_sae/scripts/upload_to_hf.py`) hold one SAE
+per `<stem>.pt` as exactly four un-prefixed tensors: `encoder.weight`, `encoder.bias`,
+`decoder.weight` (the SAE's `dict_elements`, already column-normalised) and `decoder.bias`;
+the hook is named in the sibling `<stem>.yaml`, a copy of the run's `final_config.yaml`. Both
+layouts are read here.
+
 Checkpoints come from the internet, so they are read with `torch.load(weights_only=True)` only
 and validated completely before anything is written.
 """
@@ -29,6 +36,8 @@ REFERENCE_CONFIG_FILENAME = "final_config.yaml"
 
 ENC_W, ENC_B, DEC_W, DEC_B = "encoder.0.weight", "encoder.0.bias", "decoder.weight", "decoder.bias"
 REFERENCE_SUFFIXES = (ENC_W, ENC_B, DEC_W, DEC_B)
+# The upload script's keys -> the reference ModuleDict's (the decoder keys are the same).
+HF_UPLOAD_KEYS = {"encoder.weight": ENC_W, "encoder.bias": ENC_B, DEC_W: DEC_W, DEC_B: DEC_B}
 
 # The reference loads its model with `HookedTransformer.from_pretrained(name)`, i.e. with these
 # TransformerLens defaults. SAELens loads models with `from_pretrained_no_processing(name,
@@ -177,6 +186,14 @@ def _split_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+def _from_upload_layout(sd: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """A Hugging Face file's four keys renamed to the un-prefixed reference keys; the tensors
+    are detached (the script saved `dict_elements`, a tensor that required grad)."""
+    if set(sd) != set(HF_UPLOAD_KEYS):
+        return sd
+    return {HF_UPLOAD_KEYS[k]: v.detach() for k, v in sd.items()}
+
+
 def _group_keys(sd: Mapping[str, torch.Tensor], where: str) -> dict[str, dict[str, str]]:
     """Group keys by SAE prefix; refuse keys the reference SAE does not have."""
     groups: dict[str, dict[str, str]] = {}
@@ -190,7 +207,8 @@ def _group_keys(sd: Mapping[str, torch.Tensor], where: str) -> dict[str, dict[st
     if unexpected:
         raise E2EConversionError(
             f"{where}: unexpected key(s) {unexpected[:5]}; a reference SAE has only "
-            f"<hook-with-dashes>.{{{', '.join(REFERENCE_SUFFIXES)}}}"
+            f"<hook-with-dashes>.{{{', '.join(REFERENCE_SUFFIXES)}}}, and a Hugging Face "
+            f"file exactly {sorted(HF_UPLOAD_KEYS)}"
         )
     if not groups:
         raise E2EConversionError(f"{where}: the state dict is empty")
@@ -279,7 +297,9 @@ def _check_ratio(sae: ReferenceSAE, ratio: float | None, where: str) -> None:
 def split_reference_state_dict(
     sd: Mapping[str, torch.Tensor], config: ReferenceConfig, where: str = "checkpoint"
 ) -> dict[str, ReferenceSAE]:
-    """Validate a reference state dict against its config; one ReferenceSAE per hook name."""
+    """Validate a reference state dict (wandb or Hugging Face layout) against its config; one
+    ReferenceSAE per hook name."""
+    sd = _from_upload_layout(sd)
     groups = _group_keys(sd, where)
     hooks = {_hook_for_prefix(p, config.sae_positions, where): p for p in groups}
     if len(hooks) != len(groups):

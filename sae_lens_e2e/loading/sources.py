@@ -24,9 +24,9 @@ from sae_lens_e2e.loading.convert import (
     write_saelens_folders,
 )
 from sae_lens_e2e.loading.huggingface import DEFAULT_HF_REPO, fetch_hf_sae, parse_hf_spec
-from sae_lens_e2e.loading.paper import PaperSAE, find_paper_sae
+from sae_lens_e2e.loading.paper import find_paper_sae, parse_paper_spec
 from sae_lens_e2e.loading.reference_format import REFERENCE_CONFIG_FILENAME, E2EConversionError
-from sae_lens_e2e.loading.source_files import E2ESourceError, SourceFiles, SourceNotFoundError
+from sae_lens_e2e.loading.source_files import SourceFiles, SourceNotFoundError
 from sae_lens_e2e.loading.wandb import DEFAULT_WANDB_PROJECT, fetch_wandb_run, parse_wandb_path
 
 
@@ -171,10 +171,16 @@ def resolve_source(
     local_dir: str | Path | None = None,
     force_download: bool = False,
 ) -> SourceFiles:
-    """'wandb:...', 'hf:...', 'paper:TYPE/LAYER/SELECTION' or a local .pt path -> local files."""
+    """'wandb:...', 'hf:...', 'paper:TYPE/LAYER/SELECTION' or a local .pt path -> local files.
+
+    A paper SAE comes from the Hugging Face file that holds its run when there is one (as
+    `load_e2e_sae` does), else from wandb."""
     kw = {"cache_dir": cache_dir, "local_dir": local_dir, "force_download": force_download}
     if spec.startswith("paper:"):
-        return fetch_wandb_run(_paper_sae(spec).wandb_path, **kw)
+        entry = parse_paper_spec(spec)
+        if entry.hf:  # no wandb credentials needed
+            return fetch_hf_sae(DEFAULT_HF_REPO, entry.hf, **kw)
+        return fetch_wandb_run(entry.wandb_path, **kw)
     if spec.startswith("wandb:"):
         return fetch_wandb_run(spec, **kw)
     if spec.startswith("hf:"):
@@ -182,18 +188,11 @@ def resolve_source(
     return _local_checkpoint(Path(spec), config)
 
 
-def _paper_sae(spec: str) -> PaperSAE:
-    parts = spec.removeprefix("paper:").split("/")
-    if len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise E2ESourceError(f"'{spec}': expected paper:TYPE/LAYER[/SELECTION]")
-    return find_paper_sae(parts[0], int(parts[1]), *parts[2:])
-
-
 def source_name(spec: str) -> str:
     """The folder the CLI converts `spec` into under --out: the wandb run id (also for paper:),
     the hub file stem or the checkpoint's file stem, so SAEs at one hook do not collide."""
     if spec.startswith("paper:"):
-        return _paper_sae(spec).wandb_run
+        return parse_paper_spec(spec).wandb_run
     if spec.startswith("wandb:"):
         return parse_wandb_path(spec).run_id
     if spec.startswith("hf:"):
