@@ -79,3 +79,15 @@ def read_only(monkeypatch):
     yield make
     for path in made:
         path.chmod(0o755)
+
+
+@pytest.fixture
+def hub_cache(monkeypatch, tmp_path):
+    """huggingface_hub's default cache pointed at an empty folder (fill it with
+    `hf_upload.fill_hub_cache`); HF_HUB_OFFLINE is set above, so nothing reaches the hub."""
+    import huggingface_hub
+
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE, "tests must not reach the hub"
+    return cache

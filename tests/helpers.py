@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+import torch
+from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig, StandardSAE, StandardSAEConfig
 
 from sae_lens_e2e import E2EStandardTrainingSAEConfig, E2ETopKTrainingSAEConfig
 
@@ -87,3 +88,18 @@ def killed_while_writing(target: Path) -> Path:
     (left,) = set(target.parent.glob(".*")) - before
     assert not target.exists() and (left / "half-written").is_file()
     return left
+
+
+def stock_sae_folder(
+    path: Path, d_in: int, hook: str, *, seed: int = 3, scale: float = 0.2, d_sae: int = 48
+) -> Path:
+    """A stock SAELens standard SAE with random non-trivial weights, saved as a folder."""
+    torch.manual_seed(seed)
+    cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=False)
+    cfg.metadata.hook_name = hook
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.normal_(0, scale)
+        sae.W_dec.normal_(0, scale)
+    sae.save_model(path)
+    return path

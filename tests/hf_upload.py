@@ -73,18 +73,20 @@ def _blob_name(data: bytes, lfs: bool) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def fill_hub_cache(cache_dir: Path, repo_id: str, files: list[Path]) -> Path:
-    """Put `files` into a huggingface_hub cache as if downloaded from `repo_id` at main."""
+def fill_hub_cache(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> Path:
+    """Put `files` (path in the repo -> local file) into a huggingface_hub cache as if
+    downloaded from `repo_id` at main."""
     repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / COMMIT
     for folder in (repo / "refs", repo / "blobs", snapshot):
         folder.mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(COMMIT)
-    for path in files:
+    for name, path in files.items():
         data = path.read_bytes()
-        blob = repo / "blobs" / _blob_name(data, lfs=path.suffix == ".pt")
+        blob = repo / "blobs" / _blob_name(data, lfs=path.suffix in (".pt", ".safetensors"))
         blob.write_bytes(data)
-        link = snapshot / path.name
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
-        link.symlink_to(os.path.relpath(blob, snapshot))
+        link.symlink_to(os.path.relpath(blob, link.parent))
     return repo

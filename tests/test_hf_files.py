@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import torch
 from hf_upload import ReferenceSAEModule, fill_hub_cache, write_uploaded_pair
@@ -63,17 +62,8 @@ def _assert_same_function(sae: SAE, module: ReferenceSAEModule) -> None:
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
 
 
-@pytest.fixture
-def hub_cache(monkeypatch, tmp_path):
-    """huggingface_hub's default cache pointed at an empty folder; offline, as in conftest."""
-    cache = tmp_path / "hf_cache"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    assert huggingface_hub.constants.HF_HUB_OFFLINE, "tests must not reach the hub"
-    return cache
-
-
 def _to_cache(cache: Path, folder: Path, *stems: str) -> None:
-    files = [folder / f"{stem}.{ext}" for stem in stems for ext in ("pt", "yaml")]
+    files = {f"{stem}.{ext}": folder / f"{stem}.{ext}" for stem in stems for ext in ("pt", "yaml")}
     fill_hub_cache(cache, DEFAULT_HF_REPO, files)
 
 
@@ -96,7 +86,7 @@ def test_cli_converts_an_uploaded_file(tmp_path, capsys) -> None:
     spec = f"hf:{DEFAULT_HF_REPO}/e2e_similar_ce_layer_6"
     rc = main(["convert", spec, "--local-dir", str(tmp_path / "dl"), "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
-    sae = SAE.load_from_disk(out / L6)
+    sae = SAE.load_from_disk(out / "e2e_similar_ce_layer_6" / L6)  # OUT/<source name>/<hook>
     _assert_same_function(sae, module)
     source = sae.cfg.metadata.e2e_source
     assert source["hf_file"] == "e2e_similar_ce_layer_6.pt"

@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 from conftest import make_tiny_model
-from helpers import killed_while_writing
-from sae_lens import SAE, StandardSAE, StandardSAEConfig
+from helpers import killed_while_writing, stock_sae_folder
+from sae_lens import SAE
 
 from sae_lens_e2e import paper_settings
 from sae_lens_e2e.analysis.evaluation import alive_tokens_note
@@ -74,15 +74,7 @@ def _cli(*argv: str) -> tuple[int, str, str]:
 
 
 def _stock_sae_folder(path: Path, d_in: int = D_MODEL, hook: str = HOOK) -> Path:
-    torch.manual_seed(3)
-    cfg = StandardSAEConfig(d_in=d_in, d_sae=48, apply_b_dec_to_input=False)
-    cfg.metadata.hook_name = hook
-    sae = StandardSAE(cfg)
-    with torch.no_grad():
-        sae.W_enc.normal_(0, 0.2)
-        sae.W_dec.normal_(0, 0.2)
-    sae.save_model(path)
-    return path
+    return stock_sae_folder(path, d_in, hook)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ class SAERun:
     path: str  # SAELens folder, relative to the report folder when trained here
     metrics: dict[str, Any] = field(default_factory=dict)
     train_seconds: float = 0.0
+    paper: dict[str, Any] | None = None  # the paper's Table 2 numbers, shown beside ours
 
     def scalar_metrics(self) -> dict[str, Any]:
         return {k: v for k, v in self.metrics.items() if isinstance(v, SCALAR_TYPES)}
@@ -61,6 +62,8 @@ class ReportData:
     timings: dict[str, float]
     config: dict[str, Any]  # recorded as is in report.json
     setup: list[str]  # markdown bullet lines: how the SAEs were trained
+    name: str = "quickstart"  # the command, in the title and the summary
+    saes_dir: str | None = "saes"  # where the SAEs were written in the folder, if they were
 
 
 # Explained variance, two ways (see analysis/evaluation.py): SAELens's pooled ratio of sums
@@ -86,6 +89,12 @@ _SUMMARY_COLUMNS = {
     **{h: h for h in ("strategy", "lambda", "L0", "alive", "CE increase", "CE recovered", "KL")},
     **{f"EV at SAE ({kind})": f"EV {kind}" for kind in EV_KINDS},
 }
+# The paper's numbers beside ours, when some run has them: (header, key in SAERun.paper).
+_PAPER_COLUMNS = (
+    ("paper L0", "l0"),
+    ("paper alive", "alive"),
+    ("paper CE increase", "ce_increase"),
+)
 
 
 def downstream_keys(result: ReportData) -> list[str]:
@@ -112,7 +121,16 @@ def _block_index(key: str) -> int:
 def table_rows(result: ReportData) -> list[list[str]]:
     """One row per SAE, in the order they were trained."""
     posts = downstream_keys(result)
-    return [_row(run, posts) for run in result.runs]
+    paper = _has_paper(result)
+    return [_row(run, posts) + (_paper_cells(run) if paper else []) for run in result.runs]
+
+
+def _has_paper(result: ReportData) -> bool:
+    return any(run.paper for run in result.runs)
+
+
+def _paper_cells(run: SAERun) -> list[str]:
+    return [str((run.paper or {}).get(key, "-")) for _, key in _PAPER_COLUMNS]
 
 
 def _row(run: SAERun, posts: Sequence[str]) -> list[str]:
@@ -148,7 +166,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 def table_headers(result: ReportData) -> list[str]:
     posts = downstream_keys(result)
-    return [*_COLUMNS, *(f"EV {hook} ({kind})" for hook in posts for kind in EV_KINDS)]
+    paper = [h for h, _ in _PAPER_COLUMNS] if _has_paper(result) else []
+    return [*_COLUMNS, *(f"EV {hook} ({kind})" for hook in posts for kind in EV_KINDS), *paper]
 
 
 def alive_note(result: ReportData) -> str:
@@ -229,8 +248,10 @@ def plot_pareto(result: ReportData, path: Path) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     groups: dict[str, list[SAERun]] = {}
+    several_hooks = len({run.hook for run in result.runs}) > 1
     for run in result.runs:
-        groups.setdefault(run.strategy if run.strategy != "loaded" else run.label, []).append(run)
+        name = run.strategy if run.strategy != "loaded" else run.label
+        groups.setdefault(f"{name} @ {run.hook}" if several_hooks else name, []).append(run)
     panels = (
         ("l0", "L0 (active latents per token)"),
         ("alive", f"alive latents (over {result.n_eval_tokens:,} held-out tokens)"),
@@ -238,7 +259,10 @@ def plot_pareto(result: ReportData, path: Path) -> Path:
     for ax, (key, xlabel) in zip(axes, panels, strict=True):
         labels = []
         for i, (name, runs) in enumerate(groups.items()):
-            pts = sorted((_x(r, key), r.metrics["ce_loss_increase"], r) for r in runs)
+            # key: two SAEs with the same numbers (one SAE from two sources) must not compare
+            pts = sorted(
+                ((_x(r, key), r.metrics["ce_loss_increase"], r) for r in runs), key=lambda p: p[:2]
+            )
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
             labels += [
@@ -314,6 +338,7 @@ def report_dict(result: ReportData) -> dict[str, Any]:
                 "path": r.path,
                 "train_seconds": r.train_seconds,
                 "metrics": r.scalar_metrics(),
+                "paper": r.paper,
             }
             for r in result.runs
         ],
@@ -378,7 +403,7 @@ def _geometry_lines(result: ReportData) -> list[str]:
 
 def markdown_report(result: ReportData) -> str:
     out = [
-        "# sae-lens-e2e quickstart report",
+        f"# sae-lens-e2e {result.name} report",
         "",
         *_model_lines(result),
         *result.setup,
@@ -405,17 +430,31 @@ def markdown_report(result: ReportData) -> str:
         "",
         f"![pareto]({PARETO_PNG})",
         "",
+        *_geometry_section(result),
+        *_saes_note(result),
+        f"Full-precision numbers are in `{REPORT_JSON}`.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _geometry_section(result: ReportData) -> list[str]:
+    if not result.geometry and result.saes_dir is None:
+        return []  # nothing trained here, nothing compared
+    return [
         "## Geometry (alive latents, SAEs matched by CE increase)",
         "",
         *(_geometry_lines(result) or ["- (no trained SAEs)"]),
         "",
         f"![geometry]({GEOMETRY_PNG})",
         "",
-        f"SAEs are stock SAELens folders under `saes/` (`SAE.load_from_disk`); "
-        f"full-precision numbers are in `{REPORT_JSON}`.",
-        "",
     ]
-    return "\n".join(out)
+
+
+def _saes_note(result: ReportData) -> list[str]:
+    if result.saes_dir is None:
+        return []
+    return [f"SAEs are stock SAELens folders under `{result.saes_dir}/` (`SAE.load_from_disk`)."]
 
 
 def write_report(result: ReportData, folder: Path) -> None:
@@ -429,14 +468,16 @@ def write_report(result: ReportData, folder: Path) -> None:
 
 def format_summary(result: ReportData) -> str:
     """The one-screen summary printed at the end."""
-    headers = list(_SUMMARY_COLUMNS.values())
-    pick = [table_headers(result).index(h) for h in _SUMMARY_COLUMNS]
+    paper = [h for h, _ in _PAPER_COLUMNS] if _has_paper(result) else []
+    columns = {**_SUMMARY_COLUMNS, **{h: h for h in paper}}  # table header -> summary header
+    headers = list(columns.values())
+    pick = [table_headers(result).index(h) for h in columns]
     rows = [[row[i] for i in pick] for row in table_rows(result)]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     first = result.runs[0].metrics
     lines = [
-        f"quickstart finished in {_duration(result.timings['total'])}: {len(result.runs)} SAEs "
+        f"{result.name} finished in {_duration(result.timings['total'])}: {len(result.runs)} SAEs "
         f"at {result.hook} of {result.model_name}",
         *[line.removeprefix("- ") for line in _model_lines(result)],
         f"held-out: {result.n_eval_tokens:,} tokens, CE clean {first['ce_loss_clean']:.4f}, "
@@ -448,9 +489,14 @@ def format_summary(result: ReportData) -> str:
         "",
         *comparison_lines(result),
         "",
-        f"report: {result.out / REPORT_MD}  (plots: {PARETO_PNG}, {GEOMETRY_PNG}; SAEs: saes/)",
+        f"report: {result.out / REPORT_MD}  (plots: {_plots(result)}"
+        + (f"; SAEs: {result.saes_dir}/)" if result.saes_dir else ")"),
     ]
     return "\n".join(lines)
+
+
+def _plots(result: ReportData) -> str:
+    return f"{PARETO_PNG}, {GEOMETRY_PNG}" if result.geometry else PARETO_PNG
 
 
 def _duration(seconds: float) -> str:

@@ -195,28 +195,29 @@ def setup_line(cfg: QuickstartConfig, hook: str, d_in: int) -> str:
 REPORT_ENTRIES = {REPORT_MD, REPORT_JSON, PARETO_PNG, GEOMETRY_PNG, SAES_DIR, LOGS_DIR, MODEL_DIR}
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """`out` may be new or empty or, to be replaced, a quickstart report and nothing else."""
+def check_output_dir(
+    out: Path, overwrite: bool, entries: set[str] = REPORT_ENTRIES, name: str = "quickstart"
+) -> None:
+    """`out` may be new or empty or, to be replaced, a `name` report (of `entries` only)."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output path {out} exists and is not a directory")
     check_writable(out.absolute().parent, "output folder", "choose one you can write to")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    foreign = unexpected_entries(out, REPORT_ENTRIES)
+    foreign = unexpected_entries(out, entries)
     if foreign:
         raise FileExistsError(
-            f"output directory {out} holds {', '.join(foreign)}, which the quickstart did not "
+            f"output directory {out} holds {', '.join(foreign)}, which the {name} did not "
             "write; not replacing it (choose another --out, or move them)"
         )
     if not (out / REPORT_JSON).is_file():
         raise FileExistsError(
-            f"output directory {out} is not a quickstart report (no {REPORT_JSON}); not "
+            f"output directory {out} is not a {name} report (no {REPORT_JSON}); not "
             "replacing it (choose another --out)"
         )
     if not overwrite:
         raise FileExistsError(
-            f"output directory {out} already holds a quickstart report; pass --overwrite to "
-            "replace it"
+            f"output directory {out} already holds a {name} report; pass --overwrite to replace it"
         )
 
 

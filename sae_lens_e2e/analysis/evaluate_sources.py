@@ -1,0 +1,306 @@
+"""Evaluate any SAEs (SAELens folders, the paper's checkpoints, SAELens releases) on a model
+and dataset, and write the quickstart's report: the table, report.json and the Pareto plot.
+
+For GPT-2 the defaults are the paper's (`paper_settings`): TransformerLens's default
+weight processing, no BOS, rows of 1024 tokens of the paper's pre-tokenised OpenWebText. For
+other models each setting comes from the SAEs' own metadata when they agree, else SAELens's
+defaults. Every SAE is evaluated on the same tokens with one shared clean run per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sae_lens_e2e import paper_settings
+from sae_lens_e2e.analysis import report
+from sae_lens_e2e.analysis.evaluation import evaluate_many
+from sae_lens_e2e.analysis.report import ReportData, SAERun
+from sae_lens_e2e.atomic import atomic_directory
+from sae_lens_e2e.loading.paper import PAPER_GPT2_CLEAN_CE, PaperSAE
+from sae_lens_e2e.loading.sae_source import SourceSAE, load_source
+from sae_lens_e2e.training.config import STRATEGIES
+from sae_lens_e2e.training.validation import check_sae_fits
+
+PAPER_STRATEGIES = {"local": "local", "e2e": "e2e", "e2e+ds": "e2e_ds"}
+# SAELens's defaults; a context size left unset becomes min(128, the model's n_ctx).
+_FALLBACKS: dict[str, Any] = {"context_size": None, "prepend_bos": True}
+DEFAULT_CONTEXT_SIZE = 128
+
+
+@dataclass
+class EvaluateConfig:
+    """What `sae-lens-e2e evaluate` was asked; None = the default described in the module."""
+
+    sources: list[str]
+    model: str = "gpt2"
+    dataset: str | None = None
+    context_size: int | None = None
+    prepend_bos: bool | None = None
+    n_sequences: int = 500  # the paper: 500 x 1024 tokens, >= its 500k for alive latents
+    batch_size: int = 8
+    device: str = "auto"
+    paper: bool = False
+    local_dir: str | None = None
+    cache_dir: str | None = None
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ValueError("give at least one SOURCE to evaluate")
+        repeated = sorted({s for s in self.sources if self.sources.count(s) > 1})
+        if repeated:
+            raise ValueError(f"SOURCE given twice: {repeated}")
+        for name in ("context_size", "n_sequences", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The model and data settings the evaluation ran with (recorded in report.json)."""
+
+    dataset: str
+    context_size: int | None
+    prepend_bos: bool
+    model_from_pretrained_kwargs: dict[str, Any]
+    defaults: str  # where the values no flag set came from
+
+
+def paper_defaults() -> dict[str, Any]:
+    """The paper's GPT-2 runs' model and data settings, by this module's names."""
+    run = paper_settings.runner_settings()
+    return {
+        "dataset": run["dataset_path"],
+        "context_size": run["context_size"],
+        "prepend_bos": run["prepend_bos"],
+        "model_from_pretrained_kwargs": run["model_from_pretrained_kwargs"],
+    }
+
+
+def is_quickstart_model(model: str) -> bool:
+    """A tiny LM saved by the quickstart (`<report>/model`): byte tokens, no tokenizer."""
+    return (Path(model) / "info.json").is_file() and (Path(model) / "model.pt").is_file()
+
+
+def _agreed(saes: list[SourceSAE], name: str) -> Any:
+    """A metadata value all SAEs share, else None."""
+    values = {json.dumps(getattr(s.sae.cfg.metadata, name, None)) for s in saes}
+    return json.loads(values.pop()) if len(values) == 1 else None
+
+
+def resolve_settings(cfg: EvaluateConfig, saes: list[SourceSAE]) -> EvalSettings:
+    """Flags first; then the paper's settings for GPT-2, else the SAEs' agreed metadata."""
+    paper = paper_settings.is_paper_model(cfg.model)
+
+    def pick(flag: Any, key: str, metadata_name: str) -> Any:
+        if flag is not None:
+            return flag
+        if paper:
+            return paper_defaults()[key]
+        agreed = _agreed(saes, metadata_name)
+        return agreed if agreed is not None else _FALLBACKS.get(key)
+
+    bos = pick(cfg.prepend_bos, "prepend_bos", "prepend_bos")
+    if is_quickstart_model(cfg.model):
+        if cfg.prepend_bos:
+            raise ValueError(f"--prepend-bos: the model at {cfg.model} has no BOS token")
+        bos = False
+    dataset = pick(cfg.dataset, "dataset", "dataset_path")
+    if not dataset:
+        raise ValueError(
+            f"--dataset is needed: {cfg.model!r} is not GPT-2 and the SAEs record no shared "
+            "metadata.dataset_path"
+        )
+    kwargs = pick(None, "model_from_pretrained_kwargs", "model_from_pretrained_kwargs")
+    return EvalSettings(
+        dataset=dataset,
+        context_size=pick(cfg.context_size, "context_size", "context_size"),
+        prepend_bos=bool(bos),
+        model_from_pretrained_kwargs=dict(kwargs or {}),
+        defaults="the paper's GPT-2 settings" if paper else "SAE metadata / SAELens defaults",
+    )
+
+
+def load_model(name: str, settings: EvalSettings, device: str) -> Any:
+    """A quickstart model folder, else a TransformerLens model via SAELens's `load_model`."""
+    if is_quickstart_model(name):
+        from sae_lens_e2e.quickstart.tiny_lm import load_tiny_model
+
+        return load_tiny_model(name, device=device)
+    from sae_lens.load_model import load_model as saelens_load_model
+
+    model = saelens_load_model(
+        "HookedTransformer",
+        name,
+        device=device,
+        model_from_pretrained_kwargs=settings.model_from_pretrained_kwargs,
+    )
+    return model.requires_grad_(False).eval()
+
+
+def _dataset(path: str) -> Any:
+    """A folder written by `Dataset.save_to_disk`, else a Hugging Face dataset name."""
+    if Path(path).is_dir():
+        from datasets import load_from_disk
+
+        return load_from_disk(path)
+    return path
+
+
+def eval_tokens(
+    model: Any, settings: EvalSettings, n_sequences: int, batch_size: int, first: SourceSAE
+) -> torch.Tensor:
+    """The first `n_sequences` rows of the dataset's train split, through SAELens's store
+    (tokenising text, adding or not the BOS, cutting rows to the context size)."""
+    from sae_lens.training.activations_store import ActivationsStore
+
+    from sae_lens_e2e.quickstart.workload import quiet_store_warnings
+
+    dataset = _dataset(settings.dataset)
+    with quiet_store_warnings():
+        store = ActivationsStore(
+            model=model,
+            dataset=dataset,
+            streaming=isinstance(dataset, str),
+            hook_name=first.hook,
+            hook_head_index=None,
+            context_size=settings.context_size,
+            d_in=first.sae.cfg.d_in,
+            n_batches_in_buffer=2,
+            total_training_tokens=n_sequences * settings.context_size,
+            store_batch_size_prompts=batch_size,
+            train_batch_size_tokens=batch_size * settings.context_size,
+            prepend_bos=settings.prepend_bos,
+            normalize_activations="none",
+            device=torch.device("cpu"),
+            dtype="float32",
+        )
+        try:
+            return store.get_batch_tokens(n_sequences, raise_at_epoch_end=True).cpu()
+        except StopIteration as err:
+            raise ValueError(
+                f"dataset {settings.dataset!r} has fewer than --n-sequences={n_sequences} rows "
+                f"of {settings.context_size} tokens; lower --n-sequences or --context-size"
+            ) from err
+
+
+def _fit_context(settings: EvalSettings, n_ctx: int) -> EvalSettings:
+    """Fill an unset context size; refuse one longer than the model's."""
+    if settings.context_size is None:
+        return dataclasses.replace(settings, context_size=min(DEFAULT_CONTEXT_SIZE, n_ctx))
+    if settings.context_size > n_ctx:
+        raise ValueError(
+            f"context size {settings.context_size} (--context-size or the SAEs' metadata) "
+            f"exceeds the model's n_ctx={n_ctx}"
+        )
+    return settings
+
+
+def _strategy(source: SourceSAE) -> str:
+    """The SAE's training strategy when known (paper type, or recorded by our trainer)."""
+    if source.paper is not None:
+        return PAPER_STRATEGIES[source.paper.sae_type]
+    recorded = getattr(source.sae.cfg.metadata, "training_strategy", None)
+    return recorded if recorded in STRATEGIES else "loaded"
+
+
+def _paper_numbers(paper: PaperSAE | None) -> dict[str, Any] | None:
+    return dict(paper.paper) if paper is not None and paper.paper else None
+
+
+def make_run(source: SourceSAE, metrics: dict[str, Any], with_paper: bool) -> SAERun:
+    numbers = _paper_numbers(source.paper)
+    return SAERun(
+        label=source.spec,
+        strategy=_strategy(source),
+        coefficient=None if numbers is None else float(numbers["lambda"]),
+        hook=source.hook,
+        path=source.spec,
+        metrics=metrics,
+        paper=numbers if with_paper else None,
+    )
+
+
+def load_sources(cfg: EvaluateConfig, device: str, progress: bool) -> list[SourceSAE]:
+    kw = {"device": device, "local_dir": cfg.local_dir, "cache_dir": cfg.cache_dir}
+    bar = tqdm(cfg.sources, desc="loading SAEs", disable=not progress, leave=False)
+    return [load_source(spec, **kw) for spec in bar]
+
+
+def _setup_lines(cfg: EvaluateConfig, s: EvalSettings, runs: list[SAERun]) -> list[str]:
+    lines = [
+        f"- Settings ({s.defaults} unless given): context {s.context_size} tokens, "
+        f"prepend_bos={s.prepend_bos}, model_from_pretrained_kwargs="
+        f"{s.model_from_pretrained_kwargs or '{}'}; the first rows of the dataset's train split.",
+    ]
+    if cfg.paper:
+        n = sum(r.paper is not None for r in runs)
+        lines.append(
+            f"- `paper` columns: Table 2 of Braun et al. (2024) for the {n} paper SAE(s) here "
+            f"(similar CE increase rows); the paper's clean CE of GPT-2 is {PAPER_GPT2_CLEAN_CE} "
+            "on its own evaluation set."
+        )
+    return lines
+
+
+def run_evaluate(
+    cfg: EvaluateConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
+) -> ReportData:
+    """Load every SOURCE (failing before any model work), evaluate all on the same tokens,
+    write the report folder atomically."""
+    from sae_lens_e2e.quickstart.config import resolve_device
+    from sae_lens_e2e.quickstart.pipeline import check_output_dir
+
+    out = Path(out)
+    cfg.validate()
+    check_output_dir(
+        out,
+        overwrite,
+        {report.REPORT_MD, report.REPORT_JSON, report.PARETO_PNG},
+        "sae-lens-e2e evaluate",
+    )
+    device = resolve_device(cfg.device)
+    start = time.perf_counter()
+    sources = load_sources(cfg, device, progress)
+    settings = resolve_settings(cfg, sources)
+    model = load_model(cfg.model, settings, device)
+    settings = _fit_context(settings, model.cfg.n_ctx)
+    for s in sources:
+        check_sae_fits(model, s.sae, where=f"SOURCE {s.spec!r}", hook=s.hook)
+    tokens = eval_tokens(model, settings, cfg.n_sequences, cfg.batch_size, sources[0])
+    metrics = evaluate_many(
+        model,
+        {s.spec: {s.hook: s.sae} for s in sources},
+        tokens,
+        batch_size=cfg.batch_size,
+        progress=progress,
+    )
+    runs = [make_run(s, metrics[s.spec], cfg.paper) for s in sources]
+    hooks = sorted({s.hook for s in sources})
+    result = ReportData(
+        out=out,
+        model_name=cfg.model,
+        dataset_name=settings.dataset,
+        hook=", ".join(hooks),
+        d_in=sources[0].sae.cfg.d_in,
+        n_eval_tokens=tokens.numel(),
+        runs=runs,
+        geometry={},
+        model_info={"n_params": sum(p.numel() for p in model.parameters())},
+        timings={"total": time.perf_counter() - start},
+        config=dataclasses.asdict(cfg) | {"settings": dataclasses.asdict(settings)},
+        setup=_setup_lines(cfg, settings, runs),
+        name="evaluate",
+        saes_dir=None,
+    )
+    with atomic_directory(out) as tmp:
+        report.write_report(result, tmp)
+    return result
