@@ -38,11 +38,14 @@ def sae_forward_torch(
     activation: str = "relu",
     k: int | None = None,
     threshold: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(feature_acts, sae_out) with the decoder rows normalised in the forward (e2e SAE)."""
-    acts = activate(x @ W_enc + b_enc, activation, k, threshold)
+    return_pre: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """(feature_acts, sae_out[, pre-activations]) with the decoder rows normalised in the
+    forward (e2e SAE)."""
+    pre = x @ W_enc + b_enc
+    acts = activate(pre, activation, k, threshold)
     out = acts @ F.normalize(W_dec, dim=-1) + b_dec
-    return acts, out
+    return (acts, out, pre.detach()) if return_pre else (acts, out)
 
 
 def kl_div_torch(logits_new: torch.Tensor, logits_orig: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,20 @@ def _pad1(t: torch.Tensor) -> torch.Tensor:
     return t if t.numel() > 0 else t.new_zeros(1)
 
 
-def _encode(x, W_enc, b_enc, activation, k, threshold):
-    """Dense acts, per-row nnz and, for TopK, the (cols, vals) of the selected latents."""
+def _encode(x, W_enc, b_enc, activation, k, threshold, want_pre=False):
+    """Dense acts, per-row nnz, for TopK the (cols, vals) of the selected latents and, with
+    `want_pre` (JumpReLU), the pre-activations (for a trained threshold's gradient)."""
     kt = dispatch.kernel_module("sae_triton")
 
     cfg = kt.encode_config(x.dtype, torch.backends.cuda.matmul.allow_tf32)
     act = kt.ACTIVATIONS[activation]
+    if want_pre:
+        if cfg is not None:
+            pre = kt.encode(x, W_enc, b_enc, None, kt.ACT_NONE, cfg)[0]
+        else:
+            pre = torch.addmm(b_enc, x, W_enc)
+        acts = pre * (pre > threshold)
+        return acts, (acts != 0).sum(1), None, pre
     if cfg is not None:
         acts, cnt = kt.encode(x, W_enc, b_enc, threshold, act, cfg)
     else:  # fp32 without TF32: cuBLAS SGEMM beats a Triton FMA GEMM; keep torch here
@@ -32,10 +40,10 @@ def _encode(x, W_enc, b_enc, activation, k, threshold):
             acts = acts.mul_(acts > threshold)
         cnt = (acts != 0).sum(1)
     if activation != "topk":
-        return acts, cnt, None
+        return acts, cnt, None, None
     vals, idx = torch.topk(acts, k=k, dim=-1, sorted=False)
     vals = vals.relu()
-    return torch.zeros_like(acts).scatter_(-1, idx, vals), None, (idx, vals)
+    return torch.zeros_like(acts).scatter_(-1, idx, vals), None, (idx, vals), None
 
 
 def _csr(acts, cnt, topk):
@@ -55,10 +63,11 @@ def _csr(acts, cnt, topk):
 
 class _SAEFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, threshold, activation, k, thr_override):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, threshold, activation, k, thr_override,
+                want_pre):  # fmt: skip
         kt = dispatch.kernel_module("sae_triton")
 
-        acts, cnt, topk = _encode(x, W_enc, b_enc, activation, k, threshold)
+        acts, cnt, topk, pre = _encode(x, W_enc, b_enc, activation, k, threshold, want_pre)
         n, s = acts.shape
         nnz = n * k if topk is not None else int(cnt.sum())
         sparse = dispatch.use_sparse(nnz, n * s, x.dtype, thr_override)
@@ -73,10 +82,13 @@ class _SAEFunction(torch.autograd.Function):
             ctx.save_for_backward(x, W_enc, W_dec, inv, acts)
         ctx.sparse = sparse
         ctx.set_materialize_grads(False)
-        return acts, out
+        if pre is None:
+            return acts, out
+        ctx.mark_non_differentiable(pre)
+        return acts, out, pre
 
     @staticmethod
-    def backward(ctx, g_acts, g_out):
+    def backward(ctx, g_acts, g_out, g_pre=None):
         if g_out is None:
             g_out = torch.zeros(ctx.saved_tensors[0].shape, device=ctx.saved_tensors[0].device,
                                 dtype=ctx.saved_tensors[0].dtype)  # fmt: skip
@@ -87,7 +99,7 @@ class _SAEFunction(torch.autograd.Function):
             if ctx.sparse
             else _dense_backward(ctx, g_acts, g_out)
         )
-        return (*grads, g_out.sum(0), None, None, None, None)
+        return (*grads, g_out.sum(0), None, None, None, None, None)
 
 
 def _sparse_backward(ctx, g_acts, g_out):
@@ -132,12 +144,17 @@ def sae_forward(
     threshold: torch.Tensor | None = None,
     backend: str = "auto",
     density_threshold: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_pre: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """(feature_acts [N, d_sae], sae_out [N, d_in]); decoder rows normalised in the forward.
 
     backend='torch' is the literal PyTorch formula; 'triton' uses the fused kernels and picks
     sparse or dense decode/backward per call from the measured density (see dispatch.py).
+    `return_pre` (JumpReLU only) also returns the pre-activations, without a gradient, for
+    a caller that trains the threshold (no extra GEMM: the encoder writes them).
     """
+    if return_pre and activation != "jumprelu":
+        raise ValueError("return_pre is only for activation='jumprelu'")
     if activation not in ("relu", "topk", "jumprelu"):
         raise ValueError(f"unknown activation {activation!r}; expected relu, topk or jumprelu")
     if activation == "topk" and k is None:
@@ -145,7 +162,7 @@ def sae_forward(
     if activation == "jumprelu" and threshold is None:
         raise ValueError("activation='jumprelu' needs threshold")
     args = (x, W_enc, b_enc, W_dec, b_dec)
-    kw = {"activation": activation, "k": k, "threshold": threshold}
+    kw = {"activation": activation, "k": k, "threshold": threshold, "return_pre": return_pre}
     if dispatch.resolve_backend(backend, x.device) == "torch":
         return sae_forward_torch(*args, **kw)
     # The kernels' activity mask is acts != 0, which equals the JumpReLU gate only for thr >= 0.
@@ -155,5 +172,5 @@ def sae_forward(
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     ts = [t.contiguous() for t in (W_enc, b_enc, W_dec, b_dec)]
     thr = None if threshold is None else threshold.detach().contiguous()
-    acts, out = _SAEFunction.apply(x2, *ts, thr, activation, k, density_threshold)
-    return acts.reshape(*lead, -1), out.reshape(*lead, -1)
+    res = _SAEFunction.apply(x2, *ts, thr, activation, k, density_threshold, return_pre)
+    return tuple(t.reshape(*lead, -1) for t in res)

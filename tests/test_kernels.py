@@ -192,6 +192,20 @@ def test_jumprelu_negative_threshold_falls_back():
     assert torch.equal(a, ra) and torch.equal(o, ro)
 
 
+@pytest.mark.parametrize("dth", [SPARSE, DENSE])
+def test_jumprelu_return_pre_gives_the_pre_activations(dth):
+    ps, thr = make_params(16, 32, 64, torch.float32)
+    kw = {"activation": "jumprelu", "threshold": thr, "return_pre": True}
+    a, o, pre = sae_forward(*ps, backend="triton", density_threshold=dth, **kw)
+    ra, ro, rpre = sae_forward_torch(*ps, **kw)
+    assert not pre.requires_grad
+    torch.testing.assert_close(pre, rpre, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, ra, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(o, ro, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="return_pre is only for activation='jumprelu'"):
+        sae_forward(*ps, return_pre=True)
+
+
 def test_torch_backend_is_the_plain_formula():
     ps, _ = make_params(8, 32, 64, torch.float64, device="cpu")
     x, W_enc, b_enc, W_dec, b_dec = ps
