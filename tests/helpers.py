@@ -11,7 +11,11 @@ from typing import Any
 import torch
 from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig, StandardSAE, StandardSAEConfig
 
-from sae_lens_e2e import E2EStandardTrainingSAEConfig, E2ETopKTrainingSAEConfig
+from sae_lens_e2e import (
+    E2EJumpReLUTrainingSAEConfig,
+    E2EStandardTrainingSAEConfig,
+    E2ETopKTrainingSAEConfig,
+)
 
 
 def runner_config(
@@ -30,6 +34,8 @@ def runner_config(
     if architecture == "standard":
         sae_kwargs.setdefault("l1_coefficient", 0.5)
         sae_cfg: Any = E2EStandardTrainingSAEConfig(**sae_kwargs)
+    elif architecture == "jumprelu":
+        sae_cfg = E2EJumpReLUTrainingSAEConfig(**sae_kwargs)
     else:
         sae_kwargs.setdefault("k", 8)
         sae_cfg = E2ETopKTrainingSAEConfig(**sae_kwargs)

@@ -21,7 +21,7 @@ from sae_lens_e2e.loading.reference_format import (
     E2EConversionError,
     ReferenceSAE,
 )
-from sae_lens_e2e.training.sae import unit_decoder_weights
+from sae_lens_e2e.training.warm_start import unit_decoder_weights
 
 
 def _check_representable(sae: Any) -> None:

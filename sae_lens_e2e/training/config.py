@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig, JumpReLUTrainingSAEConfig
 from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
 from sae_lens.saes.standard_sae import StandardSAEConfig, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import TopKSAEConfig
@@ -67,6 +68,13 @@ class E2ETrainingMixin:
     gradient_checkpointing: bool = False
     kernels: Literal["auto", "triton", "torch"] = "auto"
     init_decoder_orthogonal: bool = True
+    # Local-to-e2e schedule (training/schedule.py): the first round(f * steps) steps train
+    # `local`, the rest `strategy`; None trains `strategy` throughout.
+    e2e_start_fraction: float | None = None
+    reset_optimizer_at_switch: bool = False
+    # Warm start from a SAELens release via SAE.from_pretrained (e.g. a Gemma Scope SAE).
+    warm_start_release: str | None = None
+    warm_start_sae_id: str | None = None
 
     def validate_e2e_fields(self) -> None:
         """Reject bad values early, with the field name in the message."""
@@ -84,6 +92,19 @@ class E2ETrainingMixin:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        self._validate_schedule_and_warm_start()
+
+    def _validate_schedule_and_warm_start(self) -> None:
+        fraction = self.e2e_start_fraction
+        if fraction is not None and not 0 < fraction < 1:
+            raise ValueError(f"e2e_start_fraction must be in (0, 1) or None, got {fraction}")
+        if fraction is not None and self.strategy == "local":
+            raise ValueError("e2e_start_fraction needs strategy 'e2e' or 'e2e_ds', got 'local'")
+        if (self.warm_start_release is None) != (self.warm_start_sae_id is None):
+            raise ValueError(
+                "warm_start_release and warm_start_sae_id go together, got "
+                f"{self.warm_start_release!r} and {self.warm_start_sae_id!r}"
+            )
 
     def sparsity_coefficient(self) -> float:
         return 0.0
@@ -159,4 +180,45 @@ class E2ETopKTrainingSAEConfig(E2ETrainingMixin, TrainingSAEConfig):
         return TopKSAEConfig
 
 
-E2ETrainingSAEConfig = E2EStandardTrainingSAEConfig | E2ETopKTrainingSAEConfig
+@dataclass(kw_only=True)
+class E2EJumpReLUTrainingSAEConfig(E2ETrainingMixin, JumpReLUTrainingSAEConfig):
+    """JumpReLU SAE: the threshold trains through SAELens's straight-through estimator
+    (`jumprelu_bandwidth`); the sparsity term is SAELens's L0 penalty
+    (`jumprelu_sparsity_loss_mode`) weighted by `l0_coefficient`. Saved as stock `jumprelu`."""
+
+    apply_b_dec_to_input: bool = False
+    decoder_init_norm: float | None = None
+    # SAELens's default 1.0 weighs the L0 (tens of latents) against a summed MSE; here it
+    # weighs against a KL of a fraction of a nat, so the default is smaller.
+    l0_coefficient: float = 0.01
+
+    @classmethod
+    def architecture(cls) -> str:
+        return "e2e_jumprelu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate_e2e_fields()
+        if self.apply_b_dec_to_input:
+            raise ValueError("apply_b_dec_to_input must be False for e2e SAEs (as the reference)")
+        if self.l0_warm_up_steps:
+            raise ValueError(
+                f"l0_warm_up_steps={self.l0_warm_up_steps}: e2e training has no coefficient "
+                "warm-up (as the reference); use 0"
+            )
+        if self.pre_act_loss_coefficient is not None:
+            raise ValueError(
+                f"pre_act_loss_coefficient={self.pre_act_loss_coefficient}: needs SAELens's "
+                "dead-latent tracking, which e2e training does not have; use None"
+            )
+
+    def sparsity_coefficient(self) -> float:
+        return self.l0_coefficient
+
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return JumpReLUSAEConfig
+
+
+E2ETrainingSAEConfig = (
+    E2EStandardTrainingSAEConfig | E2ETopKTrainingSAEConfig | E2EJumpReLUTrainingSAEConfig
+)

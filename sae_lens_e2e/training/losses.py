@@ -147,25 +147,18 @@ def local_terms(
     saes: Mapping[str, Any], run: SplicedRun, coeffs: LossCoefficients
 ) -> dict[str, torch.Tensor]:
     """`sparsity` and `out_to_in`, each summed over the SAEs: the terms that need only each
-    SAE's own input, codes and output (all of `local`'s loss; also SAELens's trainer's)."""
+    SAE's own input, codes and output (all of `local`'s loss; also SAELens's trainer's).
+    Each SAE computes its own sparsity term in its forward (Lp norm, JumpReLU L0, none)."""
     zero = torch.zeros((), device=next(iter(run.sae_in.values())).device)
-    with _graph_if(coeffs.sparsity):
-        sparsity = sum(
-            (sparsity_loss(run.feature_acts[h], _lp(saes[h]), saes[h].cfg.d_in) for h in saes),
-            zero,
-        )
+    sparsity = sum((run.sparsity[h].float() for h in saes), zero)
     with _graph_if(coeffs.out_to_in):
         out_to_in = sum((mse(run.sae_out[h], run.sae_in[h]) for h in saes), zero)
-    return {"sparsity": sparsity, "out_to_in": out_to_in}
+    return {"sparsity": sparsity if coeffs.sparsity else sparsity.detach(), "out_to_in": out_to_in}
 
 
 def _graph_if(weight: float) -> torch.autograd.grad_mode.set_grad_enabled:
     """Zero-weight terms are only logged: compute them without building a graph."""
     return torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0)
-
-
-def _lp(sae: Any) -> float:
-    return float(getattr(sae.cfg, "lp_norm", 1.0))
 
 
 def weighted_loss(terms: Mapping[str, torch.Tensor], coeffs: LossCoefficients) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from safetensors.torch import save_file
 
 from sae_lens_e2e.analysis.evaluation import alive_tokens_note, dead_latent_warnings, evaluate
 from sae_lens_e2e.atomic import atomic_directory, atomic_file
+from sae_lens_e2e.training import warm_start
 from sae_lens_e2e.training.checkpoints import TrainingInterrupted
+from sae_lens_e2e.training.cost import run_flops
 from sae_lens_e2e.training.distributed import check_split, join_from_env
 from sae_lens_e2e.training.losses import as_e2e_config, downstream_hooks
 from sae_lens_e2e.training.sae import register_e2e_architectures
@@ -34,7 +37,8 @@ class E2ESAETrainingRunner:
     """Train e2e SAEs on a TransformerLens model; mirrors `LanguageModelSAETrainingRunner`.
 
     `override_sae` warm-starts from existing SAELens SAEs: one SAE (for `cfg.hook_name`) or a
-    dict hook name -> SAE. `cfg.from_pretrained_path` does the same from a saved SAE folder.
+    dict hook name -> SAE. `cfg.from_pretrained_path` does the same from a saved SAE folder,
+    `cfg.sae.warm_start_release` + `warm_start_sae_id` from a SAELens release (warm_start.py).
 
     Under torchrun it trains data-parallel (see `distributed.py`): it joins the process group
     (creating it, with `dist_timeout` seconds per collective, if the caller has not), puts
@@ -54,6 +58,11 @@ class E2ESAETrainingRunner:
         self.e2e = as_e2e_config(cfg)
         self.ranks = join_from_env(cfg, dist_timeout)  # before loading: picks this rank's GPU
         self.hooks = sae_hook_names(cfg)
+        # Warm-start sources are loaded and checked before the model: refuse before any work.
+        self._warm_start_sources = warm_start.load_sources(cfg, override_sae, "cpu")
+        for hook in self._warm_start_sources:
+            if hook not in self.hooks:
+                raise ValueError(f"warm-start SAE given for {hook!r}, which is not an SAE hook")
         self.model = override_model or load_model(
             cfg.model_class_name,
             cfg.model_name,
@@ -68,7 +77,8 @@ class E2ESAETrainingRunner:
         )
         torch.manual_seed(cfg.seed)
         self.saes = {hook: self._build_sae(hook) for hook in self.hooks}
-        self._warm_start(override_sae)
+        for hook, source in self._warm_start_sources.items():
+            self.saes[hook].load_from_sae(source)
         self.eval_results: dict[str, Any] = {}
 
     def _downstream(self) -> list[str]:
@@ -98,22 +108,6 @@ class E2ESAETrainingRunner:
             # model with them; here the runner already did (and SAELens fills in a default).
             warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from")
             return sae_class(sae_cfg)
-
-    def _warm_start(self, override_sae: SAE[Any] | dict[str, SAE[Any]] | None) -> None:
-        sources: dict[str, SAE[Any]] = {}
-        if isinstance(override_sae, dict):
-            sources = dict(override_sae)
-        elif override_sae is not None:
-            sources = {self.cfg.hook_name: override_sae}
-        elif self.cfg.from_pretrained_path is not None:
-            path = Path(self.cfg.from_pretrained_path)
-            if not path.exists():
-                raise FileNotFoundError(f"from_pretrained_path {path} does not exist")
-            sources = {self.cfg.hook_name: SAE.load_from_disk(path, device=self.cfg.device)}
-        for hook, source in sources.items():
-            if hook not in self.saes:
-                raise ValueError(f"warm-start SAE given for {hook!r}, which is not an SAE hook")
-            self.saes[hook].load_from_sae(source)
 
     def _eval_batch_size(self) -> int:
         return self.cfg.eval_batch_size_prompts or self.cfg.store_batch_size_prompts
@@ -152,15 +146,17 @@ class E2ESAETrainingRunner:
             print(f"resuming from {path} at step {trainer.step}")
         wandb_run = self._init_wandb() if self.ranks.is_main else None
         try:
+            start_step, start = trainer.step, time.perf_counter()
             trainer.fit()
-            results = self._evaluate(eval_tokens)
+            cost = self._cost(trainer, start_step, time.perf_counter() - start)
+            results = self._evaluate(eval_tokens) | cost
             self.eval_results = results
             if self.cfg.save_final_checkpoint:
                 trainer.save_checkpoint()
             if self.ranks.is_main:
                 if self.cfg.output_path is not None:
                     self.save(Path(self.cfg.output_path), results)
-                print(format_summary(results, self.e2e.strategy))
+                print(format_summary(results, trainer.schedule.label))
                 for warning in dead_latent_warnings(results):
                     print(warning, file=sys.stderr)
             self.ranks.barrier()  # every rank returns once rank 0's outputs exist
@@ -170,6 +166,20 @@ class E2ESAETrainingRunner:
             if wandb_run is not None:
                 wandb_run.finish()
         return self.saes
+
+    def _cost(self, trainer: E2ETrainer, start_step: int, seconds: float) -> dict[str, Any]:
+        """Wall time of the training loop in this process and the run's estimated FLOPs."""
+        schedule = trainer.schedule
+        return {
+            "train_wall_time_s": seconds,
+            "train_steps": trainer.total_steps,
+            "train_local_steps": schedule.switch,
+            "resumed_from_step": start_step,
+            "train_flops": run_flops(
+                self.model, self.saes, schedule, trainer.total_steps,
+                self.cfg.train_batch_size_tokens, self.cfg.context_size,
+            ),  # fmt: skip
+        }
 
     def _init_wandb(self) -> Any:
         if not self.cfg.logger.log_to_wandb:
@@ -216,6 +226,11 @@ def format_summary(results: dict[str, Any], strategy: str) -> str:
         f"  CE increase {results['ce_loss_increase']:.4f} | CE recovered "
         f"{results['ce_loss_recovered']:.3f} | KL {results['kl']:.4f}",
     ]
+    if "train_flops" in results:
+        lines.append(
+            f"  training: {results['train_wall_time_s']:.1f} s wall time, "
+            f"~{results['train_flops']:.3g} FLOPs (estimate, training/cost.py)"
+        )
     prefixes = ("l0/", "alive/", "explained_variance/", "explained_variance_per_token/")
     for key, value in results.items():
         if key.startswith(prefixes):

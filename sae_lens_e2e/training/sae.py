@@ -2,7 +2,8 @@
 
 The reference e2e code normalises the dictionary inside every forward pass, which makes the
 Lp penalty on `c` meaningful without SAELens's `||W_dec||` weighting. Saving bakes the
-normalisation into `W_dec`, so the file is a plain `standard` / `topk` SAE.
+normalisation into `W_dec`, so the file is a plain `standard` / `topk` / `jumprelu` SAE.
+Each architecture's `e2e_forward` also returns its own (unweighted) sparsity term.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
+from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE
 from sae_lens.saes.sae import (
     SAE,
     TrainCoefficientConfig,
@@ -24,7 +26,14 @@ from sae_lens.saes.topk_sae import TopK
 from torch import nn
 
 from sae_lens_e2e import kernels
-from sae_lens_e2e.training.config import E2EStandardTrainingSAEConfig, E2ETopKTrainingSAEConfig
+from sae_lens_e2e.training import warm_start
+from sae_lens_e2e.training.config import (
+    E2EJumpReLUTrainingSAEConfig,
+    E2EStandardTrainingSAEConfig,
+    E2ETopKTrainingSAEConfig,
+)
+from sae_lens_e2e.training.jumprelu import jumprelu_forward, l0_penalty
+from sae_lens_e2e.training.losses import sparsity_loss
 from sae_lens_e2e.training.sae_lens_trainer import (
     sae_lens_coefficients,
     sae_lens_training_forward_pass,
@@ -40,42 +49,10 @@ def reference_init_(sae: SAE[Any]) -> None:
         sae.b_enc.data.uniform_(-bound, bound)
 
 
-@torch.no_grad()
-def unit_decoder_weights(sae: SAE[Any]) -> dict[str, torch.Tensor]:
-    """W_enc, b_enc, W_dec, b_dec of the same function with unit decoder rows and no input shift.
-
-    `apply_b_dec_to_input` folds into b_enc; decoder row norms move into the encoder (ReLU and
-    TopK-on-rescaled-acts commute with positive per-latent scaling). Computed in float64.
-    """
-    cfg = sae.cfg
-    name = cfg.metadata.hook_name or cfg.architecture()
-    if cfg.normalize_activations != "none" or cfg.reshape_activations != "none":
-        raise ValueError(f"SAE at {name}: activation normalisation/reshaping cannot be folded")
-    W_enc, b_enc, W_dec, b_dec = (
-        getattr(sae, n).detach().double() for n in ("W_enc", "b_enc", "W_dec", "b_dec")
-    )
-    if cfg.apply_b_dec_to_input:
-        b_enc = b_enc - b_dec @ W_enc
-    norms = W_dec.norm(dim=1)
-    scale = torch.where(norms > 0, norms, torch.ones_like(norms))
-    # Without rescaling, moving norms into the encoder would change which latents TopK picks.
-    topk_unscaled = cfg.architecture() == "topk" and not getattr(
-        cfg, "rescale_acts_by_decoder_norm", False
-    )
-    if topk_unscaled and not torch.allclose(scale, torch.ones_like(scale), atol=1e-4):
-        raise ValueError(f"TopK SAE at {name}: decoder rows are not unit norm; not exact")
-    return {
-        "W_enc": W_enc * scale,
-        "b_enc": b_enc * scale,
-        "W_dec": W_dec / scale[:, None],
-        "b_dec": b_dec,
-    }
-
-
 class E2ESAEMixin:
     """Shared e2e behaviour; mixed in before a SAELens TrainingSAE class."""
 
-    cfg: E2EStandardTrainingSAEConfig | E2ETopKTrainingSAEConfig
+    cfg: E2EStandardTrainingSAEConfig | E2ETopKTrainingSAEConfig | E2EJumpReLUTrainingSAEConfig
     W_enc: nn.Parameter
     b_enc: nn.Parameter
     W_dec: nn.Parameter
@@ -88,8 +65,9 @@ class E2ESAEMixin:
     def normalized_W_dec(self) -> torch.Tensor:
         return F.normalize(self.W_dec, dim=-1)
 
-    def e2e_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(feature_acts, sae_out) for x [..., d_in], through the configured kernel backend."""
+    def e2e_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(feature_acts, sae_out, sparsity term) for x [..., d_in], through the configured
+        kernel backend; the sparsity term is unweighted (the loss applies its coefficient)."""
         flat = x.reshape(-1, x.shape[-1]).to(self.W_enc.dtype)
         acts, out = kernels.sae_forward(
             flat,
@@ -101,7 +79,12 @@ class E2ESAEMixin:
             k=getattr(self.cfg, "k", None),
             backend=self.cfg.kernels,
         )
-        return acts.reshape(*x.shape[:-1], -1), out.reshape(x.shape)
+        sparsity = self.sparsity_term(acts, acts)
+        return acts.reshape(*x.shape[:-1], -1), out.reshape(x.shape), sparsity
+
+    def sparsity_term(self, feature_acts: torch.Tensor, hidden_pre: torch.Tensor) -> torch.Tensor:
+        """This architecture's sparsity term, unweighted; here the reference's Lp penalty."""
+        return sparsity_loss(feature_acts, float(getattr(self.cfg, "lp_norm", 1.0)), self.cfg.d_in)
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         return feature_acts @ self.normalized_W_dec() + self.b_dec
@@ -117,23 +100,9 @@ class E2ESAEMixin:
         """Bake the forward-pass normalisation into W_dec so stock SAELens reproduces us."""
         state_dict["W_dec"] = F.normalize(state_dict["W_dec"], dim=-1).contiguous()
 
-    @torch.no_grad()
     def load_from_sae(self, source: SAE[Any]) -> None:
-        """Warm start from a standard/TopK SAELens SAE, preserving its function exactly."""
-        for name in ("d_in", "d_sae"):
-            if getattr(source.cfg, name) != getattr(self.cfg, name):
-                raise ValueError(
-                    f"warm-start SAE has {name}={getattr(source.cfg, name)}, "
-                    f"config says {getattr(self.cfg, name)}"
-                )
-        expected = {"relu": "standard", "topk": "topk"}[self.activation_name]
-        if source.cfg.architecture() != expected:
-            raise ValueError(
-                f"cannot warm start a {self.cfg.architecture()} SAE from a "
-                f"{source.cfg.architecture()!r} SAE (expected {expected!r})"
-            )
-        for name, value in unit_decoder_weights(source).items():
-            getattr(self, name).data.copy_(value)
+        """Warm start from a SAELens SAE, preserving its function exactly (see warm_start)."""
+        warm_start.copy_into(self, source)
 
 
 class E2EStandardTrainingSAE(E2ESAEMixin, StandardTrainingSAE):  # type: ignore[misc]
@@ -169,6 +138,9 @@ class E2ETopKTrainingSAE(E2ESAEMixin, TrainingSAE[E2ETopKTrainingSAEConfig]):  #
     def get_activation_fn(self) -> Any:
         return TopK(self.cfg.k)
 
+    def sparsity_term(self, feature_acts: torch.Tensor, hidden_pre: torch.Tensor) -> torch.Tensor:
+        return feature_acts.new_zeros((), dtype=torch.float32)
+
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden_pre = self.hook_sae_acts_pre(self.process_sae_in(x) @ self.W_enc + self.b_enc)
         return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
@@ -183,11 +155,51 @@ class E2ETopKTrainingSAE(E2ESAEMixin, TrainingSAE[E2ETopKTrainingSAEConfig]):  #
         return {}
 
 
-E2ETrainingSAE = E2EStandardTrainingSAE | E2ETopKTrainingSAE
+class E2EJumpReLUTrainingSAE(E2ESAEMixin, JumpReLUTrainingSAE):  # type: ignore[misc]
+    """JumpReLU e2e SAE: SAELens's threshold (fp32, straight-through estimator with its
+    bandwidth) and L0 penalty, decoder rows normalised in the forward. Saved as `jumprelu`."""
+
+    cfg: E2EJumpReLUTrainingSAEConfig  # type: ignore[assignment]
+
+    @property
+    def activation_name(self) -> str:
+        return "jumprelu"
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        if self.cfg.init_decoder_orthogonal:
+            reference_init_(self)
+
+    def _project_threshold(self) -> None:
+        """Keep the threshold >= 0 by projection, as SAELens's training_forward_pass does."""
+        with torch.no_grad():
+            self.threshold.data.clamp_(min=0.0)
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        self._project_threshold()
+        return super().training_forward_pass(step_input)
+
+    def sparsity_term(self, feature_acts: torch.Tensor, hidden_pre: torch.Tensor) -> torch.Tensor:
+        return l0_penalty(hidden_pre, feature_acts, self.threshold, self.cfg)
+
+    def e2e_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self._project_threshold()
+        flat = x.reshape(-1, x.shape[-1]).to(self.W_enc.dtype)
+        acts, out, pre = jumprelu_forward(
+            flat, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold,
+            bandwidth=self.bandwidth, ste_to_input=self.cfg.jumprelu_ste_to_input,
+            backend=self.cfg.kernels,
+        )  # fmt: skip
+        sparsity = self.sparsity_term(acts, pre)
+        return acts.reshape(*x.shape[:-1], -1), out.reshape(x.shape), sparsity
+
+
+E2ETrainingSAE = E2EStandardTrainingSAE | E2ETopKTrainingSAE | E2EJumpReLUTrainingSAE
 
 _ARCHITECTURES: dict[str, tuple[type[TrainingSAE[Any]], type[Any]]] = {
     "e2e_standard": (E2EStandardTrainingSAE, E2EStandardTrainingSAEConfig),
     "e2e_topk": (E2ETopKTrainingSAE, E2ETopKTrainingSAEConfig),
+    "e2e_jumprelu": (E2EJumpReLUTrainingSAE, E2EJumpReLUTrainingSAEConfig),
 }
 
 

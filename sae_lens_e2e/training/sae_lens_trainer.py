@@ -74,7 +74,10 @@ def sae_lens_training_forward_pass(sae: Any, step_input: TrainStepInput) -> Trai
     )
     name = sae.cfg.metadata.hook_name or "sae"
     run = SplicedRun(
-        sae_in={name: step_input.sae_in}, sae_out={name: sae_out}, feature_acts={name: feature_acts}
+        sae_in={name: step_input.sae_in},
+        sae_out={name: sae_out},
+        feature_acts={name: feature_acts},
+        sparsity={name: sae.sparsity_term(feature_acts, hidden_pre)},
     )
     terms = local_terms({name: sae}, run, coeffs)
     return TrainStepOutput(

@@ -40,6 +40,7 @@ class SplicedRun:
     sae_in: dict[str, torch.Tensor] = field(default_factory=dict)
     sae_out: dict[str, torch.Tensor] = field(default_factory=dict)
     feature_acts: dict[str, torch.Tensor] = field(default_factory=dict)
+    sparsity: dict[str, torch.Tensor] = field(default_factory=dict)  # e2e SAEs' own terms
 
 
 def run_prefix(model: HookedTransformer, tokens: torch.Tensor, start_layer: int) -> torch.Tensor:
@@ -80,8 +81,11 @@ def _cache_hook(act: torch.Tensor, hook: Any, *, store: dict[str, torch.Tensor],
     store[name] = act
 
 
-def sae_forward(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(feature_acts, sae_out) for our training SAEs (`e2e_forward`) or any SAELens SAE.
+def sae_forward(
+    sae: Any, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(feature_acts, sae_out, sparsity term) for our training SAEs (`e2e_forward`), or
+    (feature_acts, sae_out, None) for any SAELens SAE.
 
     Stock SAEs (loaded from disk, converted, pretrained) go through their own
     `encode`/`decode`, as SAELens's `get_recons_loss` does, so they can be evaluated too.
@@ -89,13 +93,15 @@ def sae_forward(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(sae, "e2e_forward"):
         return sae.e2e_forward(x)
     feature_acts = sae.encode(x)
-    return feature_acts, sae.decode(feature_acts)
+    return feature_acts, sae.decode(feature_acts), None
 
 
 def _sae_hook(
     act: torch.Tensor, hook: Any, *, sae: Any, run: SplicedRun, name: str
 ) -> torch.Tensor:
-    feature_acts, sae_out = sae_forward(sae, act)
+    feature_acts, sae_out, sparsity = sae_forward(sae, act)
+    if sparsity is not None:
+        run.sparsity[name] = sparsity
     run.sae_in[name] = act
     run.sae_out[name] = sae_out
     run.feature_acts[name] = feature_acts

@@ -32,6 +32,7 @@ from sae_lens_e2e.training.checkpoints import (
 )
 from sae_lens_e2e.training.distributed import Ranks, SAELoss
 from sae_lens_e2e.training.losses import as_e2e_config
+from sae_lens_e2e.training.schedule import PhaseSchedule, reset_adam_moments
 
 
 class TokenStream:
@@ -70,12 +71,14 @@ class E2ETrainer:
         self.evaluator = evaluator
         self.ranks = ranks or Ranks()
         # The loss as a module over the SAEs: wrapped in DDP when there are several ranks.
-        self.loss_fn = self.ranks.wrap(SAELoss(model, saes, self.e2e))
+        self.loss = SAELoss(model, saes, self.e2e)
+        self.loss_fn = self.ranks.wrap(self.loss)
         self.params = [p for sae in saes.values() for p in sae.parameters()]
         self.optimizer = torch.optim.Adam(
             self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2)
         )
         self.total_steps = cfg.total_training_steps
+        self.schedule = PhaseSchedule.build(self.e2e, self.total_steps)
         self.scheduler = get_lr_scheduler(
             cfg.lr_scheduler_name,
             optimizer=self.optimizer,
@@ -101,6 +104,9 @@ class E2ETrainer:
         """Accumulate gradients over micro-batches, clip, step Adam and the LR schedule."""
         accum = self.e2e.gradient_accumulation_steps
         all_terms = self._is_log_step()
+        self.loss.cfg = self.schedule.config_at(self.step)  # local first, then e2e
+        if self.schedule.starts_e2e_at(self.step) and self.e2e.reset_optimizer_at_switch:
+            reset_adam_moments(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for i in range(accum):
@@ -168,7 +174,7 @@ class E2ETrainer:
         with tqdm(
             total=self.total_steps,
             initial=self.step,
-            desc=f"e2e[{self.e2e.strategy}]",
+            desc=f"e2e[{self.schedule.label}]",
             disable=not (self.ranks.is_main and self.cfg.verbose),
         ) as bar:
             while self.step < self.total_steps:
