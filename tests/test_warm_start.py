@@ -94,6 +94,19 @@ def test_warm_start_from_object_is_exact(tmp_path, architecture, apply_b_dec):
 
 
 @pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
+def test_warm_start_from_an_e2e_sae_object_is_exact(tmp_path, architecture):
+    """E.g. the local SAE of a first run, fine-tuned e2e in a second (the Karvonen recipe)."""
+    first = _runner(tmp_path / "first", architecture)
+    source = first.saes[HOOK]
+    _randomise(source)
+    second = _runner(tmp_path / "second", architecture, override_sae=source)
+    x = torch.randn(256, D_IN) * 3
+    with torch.no_grad():
+        expected, out = source.e2e_forward(x)[1], second.saes[HOOK].e2e_forward(x)[1]
+    assert (out - expected).abs().max().item() <= 1e-6 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
 def test_warm_start_from_folder_is_exact_then_trains(tmp_path, architecture):
     source = _source(architecture, apply_b_dec=True)
     source.save_model(tmp_path / "stock")

@@ -80,6 +80,8 @@ class E2ETrainingMixin:
         """Reject bad values early, with the field name in the message."""
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
+        if getattr(self, "apply_b_dec_to_input", False):
+            raise ValueError("apply_b_dec_to_input must be False for e2e SAEs (as the reference)")
         if self.kernels not in KERNEL_BACKENDS:
             raise ValueError(f"kernels={self.kernels!r} is not one of {KERNEL_BACKENDS}")
         if self.gradient_accumulation_steps < 1:
@@ -142,8 +144,6 @@ class E2EStandardTrainingSAEConfig(E2ETrainingMixin, StandardTrainingSAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.validate_e2e_fields()
-        if self.apply_b_dec_to_input:
-            raise ValueError("apply_b_dec_to_input must be False for e2e SAEs (as the reference)")
 
     def sparsity_coefficient(self) -> float:
         return self.l1_coefficient
@@ -199,8 +199,6 @@ class E2EJumpReLUTrainingSAEConfig(E2ETrainingMixin, JumpReLUTrainingSAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.validate_e2e_fields()
-        if self.apply_b_dec_to_input:
-            raise ValueError("apply_b_dec_to_input must be False for e2e SAEs (as the reference)")
         if self.l0_warm_up_steps:
             raise ValueError(
                 f"l0_warm_up_steps={self.l0_warm_up_steps}: e2e training has no coefficient "

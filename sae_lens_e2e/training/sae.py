@@ -62,6 +62,11 @@ class E2ESAEMixin:
     def activation_name(self) -> str:
         raise NotImplementedError
 
+    def initialize_weights(self) -> None:
+        super().initialize_weights()  # type: ignore[misc]
+        if self.cfg.init_decoder_orthogonal:
+            reference_init_(self)  # type: ignore[arg-type]
+
     def normalized_W_dec(self) -> torch.Tensor:
         return F.normalize(self.W_dec, dim=-1)
 
@@ -114,11 +119,6 @@ class E2EStandardTrainingSAE(E2ESAEMixin, StandardTrainingSAE):  # type: ignore[
     def activation_name(self) -> str:
         return "relu"
 
-    def initialize_weights(self) -> None:
-        super().initialize_weights()
-        if self.cfg.init_decoder_orthogonal:
-            reference_init_(self)
-
 
 class E2ETopKTrainingSAE(E2ESAEMixin, TrainingSAE[E2ETopKTrainingSAEConfig]):  # type: ignore[misc]
     """TopK e2e SAE: fixed k, no sparsity term. Saved as a stock `topk` SAE."""
@@ -130,7 +130,7 @@ class E2ETopKTrainingSAE(E2ESAEMixin, TrainingSAE[E2ETopKTrainingSAEConfig]):  #
         return "topk"
 
     def initialize_weights(self) -> None:
-        super().initialize_weights()
+        TrainingSAE.initialize_weights(self)  # the SAELens base has no b_enc; add it first
         self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
         if self.cfg.init_decoder_orthogonal:
             reference_init_(self)
@@ -164,11 +164,6 @@ class E2EJumpReLUTrainingSAE(E2ESAEMixin, JumpReLUTrainingSAE):  # type: ignore[
     @property
     def activation_name(self) -> str:
         return "jumprelu"
-
-    def initialize_weights(self) -> None:
-        super().initialize_weights()
-        if self.cfg.init_decoder_orthogonal:
-            reference_init_(self)
 
     def _project_threshold(self) -> None:
         """Keep the threshold >= 0 by projection, as SAELens's training_forward_pass does."""

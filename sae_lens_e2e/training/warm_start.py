@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from sae_lens.saes.sae import SAE
+
+from sae_lens_e2e.training.config import E2ETrainingMixin
 
 # Source architecture -> the e2e architecture that represents it exactly.
 E2E_ARCHITECTURE = {"standard": "e2e_standard", "topk": "e2e_topk", "jumprelu": "e2e_jumprelu"}
@@ -24,9 +27,16 @@ def _name(sae: SAE[Any]) -> str:
     return sae.cfg.metadata.hook_name or sae.cfg.architecture()
 
 
+def _architecture(sae: SAE[Any]) -> str:
+    """The stock architecture whose function `sae` computes (an e2e SAE: what it saves as)."""
+    if isinstance(sae.cfg, E2ETrainingMixin):
+        return sae.cfg.get_inference_config_class().architecture()
+    return sae.cfg.architecture()
+
+
 def check_representable(source: SAE[Any], target_cfg: Any, what: str = "warm-start SAE") -> None:
     """Raise ValueError naming the first field that keeps `source` from being `target_cfg`."""
-    arch = source.cfg.architecture()
+    arch = _architecture(source)
     if E2E_ARCHITECTURE.get(arch) != target_cfg.architecture():
         supported = ", ".join(f"{s} -> {t}" for s, t in E2E_ARCHITECTURE.items())
         raise ValueError(
@@ -64,12 +74,14 @@ def unit_decoder_weights(sae: SAE[Any], what: str | None = None) -> dict[str, to
     W_enc, b_enc, W_dec, b_dec = (
         getattr(sae, n).detach().double() for n in ("W_enc", "b_enc", "W_dec", "b_dec")
     )
+    if isinstance(cfg, E2ETrainingMixin):  # an e2e SAE normalises its rows in the forward
+        W_dec = F.normalize(W_dec, dim=-1)
     if cfg.apply_b_dec_to_input:
         b_enc = b_enc - b_dec @ W_enc
     norms = W_dec.norm(dim=1)
     scale = torch.where(norms > 0, norms, torch.ones_like(norms))
     # Without rescaling, moving norms into the encoder would change which latents TopK picks.
-    topk_unscaled = cfg.architecture() == "topk" and not getattr(
+    topk_unscaled = _architecture(sae) == "topk" and not getattr(
         cfg, "rescale_acts_by_decoder_norm", False
     )
     if topk_unscaled and not torch.allclose(scale, torch.ones_like(scale), atol=1e-4):
@@ -83,7 +95,7 @@ def unit_decoder_weights(sae: SAE[Any], what: str | None = None) -> dict[str, to
         "W_dec": W_dec / scale[:, None],
         "b_dec": b_dec,
     }
-    if cfg.architecture() == "jumprelu":
+    if _architecture(sae) == "jumprelu":
         weights["threshold"] = sae.threshold.detach().double().clamp_min(0) * scale
     return weights
 
