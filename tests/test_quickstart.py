@@ -41,8 +41,8 @@ TINY: dict[str, Any] = {
     "d_sae": 64,
     "training_tokens": 32 * 8 * 12,
     "train_batch_size_tokens": 32 * 8,
-    "strategies": ["local", "e2e", "e2e_ds"],
-    "coefficients": {"local": [0.5, 2.0], "e2e": [0.5, 2.0], "e2e_ds": [1.0]},
+    "strategies": ["local", "e2e", "e2e_ds", "local->e2e"],
+    "coefficients": {"local": [0.5, 2.0], "e2e": [0.5, 2.0], "e2e_ds": [1.0], "local->e2e": [1.0]},
     "n_eval_sequences": 24,
     "eval_batch_size": 8,
     "device": "cpu",
@@ -112,6 +112,7 @@ def test_report_folder_has_every_file(quickstart_run):
         "e2e_lambda0.5",
         "e2e_lambda2",
         "e2e_ds_lambda1",
+        "local_to_e2e_lambda1",
     ]
     for run in trained:
         folder = out / run["path"]
@@ -133,7 +134,7 @@ def test_table_numbers_are_consistent(quickstart_run):
         )
         assert m["ce_loss_recovered"] == pytest.approx(recovered)
     rows = parse_markdown_table((out / "report.md").read_text())
-    assert len(rows) == len(_runs(out)) == 6
+    assert len(rows) == len(_runs(out)) == 7
     for row in rows:
         clean, sae, zero = (float(row[k]) for k in ("CE clean", "CE with SAE", "CE zero-abl."))
         # Cells are rounded to 4 decimals, so allow the rounding of the cells involved.
@@ -146,6 +147,24 @@ def test_table_numbers_are_consistent(quickstart_run):
         assert 0 <= alive <= d_sae
         assert 0 <= float(row["L0"]) <= d_sae
     assert len({row["CE clean"] for row in rows}) == 1, "one shared clean run"
+
+
+def test_local_to_e2e_run_switches_and_costs_are_reported(quickstart_run):
+    out = quickstart_run["out"]
+    scheduled = json.loads(
+        (out / "saes" / "local_to_e2e_lambda1" / "eval_results.json").read_text()
+    )
+    assert (scheduled["train_steps"], scheduled["train_local_steps"]) == (12, 10)  # 80% local
+    runs = {r["label"]: r for r in _runs(out)}
+    flops = {label: r["train_flops"] for label, r in runs.items() if r["strategy"] != "loaded"}
+    assert flops["local_lambda0.5"] < flops["local_to_e2e_lambda1"] < flops["e2e_lambda0.5"]
+    assert all(r["train_loop_seconds"] > 0 for r in runs.values() if r["strategy"] != "loaded")
+    (row,) = json.loads((out / "report.json").read_text())["cheap_path_comparison"]
+    assert row["label"] == "local_to_e2e_lambda1"
+    assert row["flops_vs_full"] == pytest.approx(
+        flops["local_to_e2e_lambda1"] / ((flops["e2e_lambda0.5"] + flops["e2e_lambda2"]) / 2)
+    )
+    assert "## The cheap path" in (out / "report.md").read_text()
 
 
 def test_geometry_compares_independently_initialised_strategies(quickstart_run):

@@ -39,7 +39,9 @@ class SAERun:
     hook: str
     path: str  # SAELens folder, relative to the report folder when trained here
     metrics: dict[str, Any] = field(default_factory=dict)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # the whole run: setup, training, evaluation, saving
+    train_loop_seconds: float | None = None  # the training loop alone (the runner's)
+    train_flops: float | None = None  # the runner's estimate (training/cost.py)
     paper: dict[str, Any] | None = None  # the paper's Table 2 numbers, shown beside ours
 
     def scalar_metrics(self) -> dict[str, Any]:
@@ -217,6 +219,73 @@ INTERPOLATION_NOTE = (
 )
 
 
+def _curve(runs: Sequence[SAERun], strategy: str) -> tuple[list[float], list[float]]:
+    runs = [r for r in runs if r.strategy == strategy]
+    return [r.metrics[f"l0/{r.hook}"] for r in runs], [r.metrics["ce_loss_increase"] for r in runs]
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def cheap_path_comparison(runs: Sequence[SAERun]) -> list[dict[str, Any]]:
+    """For each `local->S` SAE: local's and S's CE increase at its L0 (interpolated, never
+    extrapolated), the share of S's improvement over local it reaches, and its training
+    wall time and FLOPs relative to the mean of the full S runs."""
+    rows = []
+    for run in runs:
+        if "->" not in run.strategy:
+            continue
+        final = run.strategy.split("->")[1]
+        l0 = run.metrics[f"l0/{run.hook}"]
+        local, full = _interp(l0, *_curve(runs, "local")), _interp(l0, *_curve(runs, final))
+        ce = run.metrics["ce_loss_increase"]
+        gap = None if local is None or full is None else local - full
+        fulls = [r for r in runs if r.strategy == final]
+        time_full = _mean([r.train_loop_seconds for r in fulls])
+        flops_full = _mean([r.train_flops for r in fulls])
+        rows.append(
+            {
+                "label": run.label,
+                "l0": l0,
+                "ce_increase": ce,
+                "local_ce_increase_at_l0": local,
+                "full_ce_increase_at_l0": full,
+                "share_of_full_improvement": None if not gap or gap <= 0 else (local - ce) / gap,
+                "wall_time_vs_full": _ratio(run.train_loop_seconds, time_full),
+                "flops_vs_full": _ratio(run.train_flops, flops_full),
+            }
+        )
+    return rows
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def cheap_path_lines(result: ReportData) -> list[str]:
+    lines = []
+    for row in cheap_path_comparison(result.runs):
+        share = row["share_of_full_improvement"]
+        where = (
+            "outside the L0 range of the local or full runs (or no improvement to share)"
+            if share is None
+            else f"{share:.0%} of the full run's CE-increase improvement over local at this L0 "
+            f"(local {row['local_ce_increase_at_l0']:.4f}, full {row['full_ce_increase_at_l0']:.4f})"
+        )
+        cost = ", ".join(
+            f"{name} {row[key]:.0%} of the full runs'"
+            for name, key in (("wall time", "wall_time_vs_full"), ("FLOPs", "flops_vs_full"))
+            if row[key] is not None
+        )
+        lines.append(
+            f"{row['label']}: L0 {row['l0']:.1f}, CE increase {row['ce_increase']:.4f}: {where}"
+            + (f"; {cost}" if cost else "")
+        )
+    return lines
+
+
 def comparison_lines(result: ReportData) -> list[str]:
     lines = []
     for row in equal_l0_comparison(result):
@@ -239,14 +308,14 @@ def comparison_lines(result: ReportData) -> list[str]:
 
 
 def plot_pareto(result: ReportData, path: Path) -> Path:
-    """CE increase against L0 and against alive latents, one curve per strategy."""
+    """CE increase against L0, alive latents and training compute, one curve per strategy."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(12, 5), layout="constrained")
+    fig = Figure(figsize=(18, 5), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 3)
     groups: dict[str, list[SAERun]] = {}
     several_hooks = len({run.hook for run in result.runs}) > 1
     for run in result.runs:
@@ -255,10 +324,12 @@ def plot_pareto(result: ReportData, path: Path) -> Path:
     panels = (
         ("l0", "L0 (active latents per token)"),
         ("alive", f"alive latents (over {result.n_eval_tokens:,} held-out tokens)"),
+        ("flops", "training compute (FLOPs, estimate)"),
     )
     for ax, (key, xlabel) in zip(axes, panels, strict=True):
         labels = []
         for i, (name, runs) in enumerate(groups.items()):
+            runs = [r for r in runs if key != "flops" or r.train_flops is not None]
             # key: two SAEs with the same numbers (one SAE from two sources) must not compare
             pts = sorted(
                 ((_x(r, key), r.metrics["ce_loss_increase"], r) for r in runs), key=lambda p: p[:2]
@@ -271,6 +342,8 @@ def plot_pareto(result: ReportData, path: Path) -> Path:
                 if r.coefficient is not None
             ]
         ax.set_xlabel(xlabel)
+        if key == "flops":
+            ax.set_xscale("log")
         ax.set_ylabel("CE loss increase (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -312,6 +385,8 @@ def _annotate_apart(ax: Any, labels: list[tuple[float, float, str, str]]) -> Non
 
 
 def _x(run: SAERun, key: str) -> float:
+    if key == "flops":
+        return float(run.train_flops or 0.0)
     return float(run.metrics[f"{key}/{run.hook}"])
 
 
@@ -337,12 +412,15 @@ def report_dict(result: ReportData) -> dict[str, Any]:
                 "hook": r.hook,
                 "path": r.path,
                 "train_seconds": r.train_seconds,
+                "train_loop_seconds": r.train_loop_seconds,
+                "train_flops": r.train_flops,
                 "metrics": r.scalar_metrics(),
                 "paper": r.paper,
             }
             for r in result.runs
         ],
         "equal_l0_comparison": equal_l0_comparison(result),
+        "cheap_path_comparison": cheap_path_comparison(result.runs),
         "geometry": {label: geometry_summary(g) for label, g in result.geometry.items()},
     }
 
@@ -428,6 +506,7 @@ def markdown_report(result: ReportData) -> str:
         "",
         *(f"- {line}" for line in comparison_lines(result) or ["(needs >= 2 local runs)"]),
         "",
+        *_cheap_path_section(result),
         f"![pareto]({PARETO_PNG})",
         "",
         *_geometry_section(result),
@@ -455,6 +534,21 @@ def _saes_note(result: ReportData) -> list[str]:
     if result.saes_dir is None:
         return []
     return [f"SAEs are stock SAELens folders under `{result.saes_dir}/` (`SAE.load_from_disk`)."]
+
+
+def _cheap_path_section(result: ReportData) -> list[str]:
+    lines = cheap_path_lines(result)
+    if not lines:
+        return []
+    return [
+        "## The cheap path: local first, then e2e, at equal L0",
+        "",
+        *(f"- {line}" for line in lines),
+        "",
+        "Wall time is the training loop's, measured on this machine (noisy if it is shared); "
+        "FLOPs are the runner's estimate (`train_flops` in each run's eval_results.json).",
+        "",
+    ]
 
 
 def write_report(result: ReportData, folder: Path) -> None:
@@ -488,6 +582,7 @@ def format_summary(result: ReportData) -> str:
         *([f"note: {alive_note(result)}"] if alive_note(result) else []),
         "",
         *comparison_lines(result),
+        *cheap_path_lines(result),
         "",
         f"report: {result.out / REPORT_MD}  (plots: {_plots(result)}"
         + (f"; SAEs: {result.saes_dir}/)" if result.saes_dir else ")"),

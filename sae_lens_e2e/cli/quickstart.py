@@ -14,12 +14,13 @@ from sae_lens_e2e.preflight import check_device, go_offline_if_hub_unreachable
 DEFAULT_OUT = "e2e_quickstart"
 
 DESCRIPTION = """\
-Train local, e2e and e2e_ds sparse autoencoders on the same model and tokens, evaluate them
-on held-out text and write a report comparing them.
+Train local, e2e, e2e_ds and local->e2e (local first, e2e for the last 20% of steps)
+sparse autoencoders on the same model and tokens, evaluate them on held-out text and write a
+report comparing them, also against their training compute.
 
 With no arguments this runs offline on a CPU in a few minutes: it trains a small byte-level
 transformer on the Python documentation that ships with Python (cached for later runs in
-~/.cache/sae_lens_e2e/quickstart, or $SAE_LENS_E2E_CACHE), then trains 9 SAEs at its middle
+~/.cache/sae_lens_e2e/quickstart, or $SAE_LENS_E2E_CACHE), then trains 12 SAEs at its middle
 layer and writes DIR/report.md, DIR/pareto.png, DIR/geometry.png and every SAE in SAELens
 format under DIR/saes/.
 """
@@ -55,14 +56,14 @@ budget is refused rather than repeated.
 
 def parse_coefficients(items: list[str]) -> dict[str, list[float]]:
     """["local=1,2", "e2e=0.5"] -> {"local": [1.0, 2.0], "e2e": [0.5]}."""
-    from sae_lens_e2e.training.config import STRATEGIES
+    from sae_lens_e2e.quickstart.config import RUN_KINDS
 
     out: dict[str, list[float]] = {}
     for item in items:
         strategy, sep, values = item.partition("=")
-        if not sep or strategy not in STRATEGIES:
+        if not sep or strategy not in RUN_KINDS:
             raise ValueError(
-                f"--coefficients takes STRATEGY=L1,L2,... with STRATEGY in {STRATEGIES}, "
+                f"--coefficients takes STRATEGY=L1,L2,... with STRATEGY in {RUN_KINDS}, "
                 f"got {item!r}"
             )
         try:
@@ -142,14 +143,16 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument(
         "--strategies",
         metavar="LIST",
-        help="comma-separated subset of local,e2e,e2e_ds (default: all three)",
+        help="comma-separated subset of local,e2e,e2e_ds,local->e2e,local->e2e_ds "
+        "(default: local,e2e,e2e_ds,local->e2e)",
     )
     group.add_argument(
         "--coefficients",
         nargs="+",
         metavar="STRATEGY=L1,L2",
         help="sparsity coefficients (the paper's lambda) per strategy, e.g. local=1,3 e2e=0.3 "
-        "(default for the tiny model: local=1,3,10 e2e=0.3,1,3 e2e_ds=3,10,30; "
+        "(default for the tiny model: local=1,3,10 e2e=0.3,1,3 e2e_ds=3,10,30, local->S: "
+        "those of S; "
         "with --model the paper's GPT-2 layer-6 values local=4 e2e=3 e2e_ds=50)",
     )
     group.add_argument("--d-sae", type=int, help="dictionary size (default: 8 x d_in)")

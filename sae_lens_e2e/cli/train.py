@@ -34,7 +34,7 @@ LanguageModelSAERunnerConfig may appear; examples/ has all three strategies):
   lr_warm_up_steps: 1250            # 20k samples
   lr_end: 5.0e-5                    # min_lr_factor 0.1
   sae:
-    architecture: e2e_standard      # or e2e_topk (then give k)
+    architecture: e2e_standard      # or e2e_topk (then give k), e2e_jumprelu
     d_in: 768
     d_sae: 46080
     strategy: e2e_ds                # local | e2e | e2e_ds

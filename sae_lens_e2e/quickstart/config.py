@@ -28,6 +28,11 @@ TINY_COEFFICIENTS: dict[str, list[float]] = {
     "e2e": [0.3, 1.0, 3.0],
     "e2e_ds": [3.0, 10.0, 30.0],
 }
+# Local-to-e2e runs (training/schedule.py): `local` first, the named strategy for the last
+# (1 - e2e_start_fraction) of the steps, with the lambda grid of the strategy they end in.
+SCHEDULES: tuple[str, ...] = ("local->e2e", "local->e2e_ds")
+RUN_KINDS: tuple[str, ...] = (*STRATEGIES, *SCHEDULES)
+TINY_COEFFICIENTS |= {s: list(TINY_COEFFICIENTS[s.split("->")[1]]) for s in SCHEDULES}
 
 # Fields the sweep sets itself for every run -> the quickstart option to use instead.
 SWEEP_SAE_FIELDS = {
@@ -67,11 +72,12 @@ class QuickstartConfig:
     train_batch_size_tokens: int = 1024
     lr: float = 3e-3
     lr_warm_up_steps: int = 10
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    strategies: list[str] = field(default_factory=lambda: [*STRATEGIES, "local->e2e"])
     coefficients: dict[str, list[float]] = field(
         default_factory=lambda: {k: list(v) for k, v in TINY_COEFFICIENTS.items()}
     )
     in_to_orig_coefficient: float | None = None  # e2e_ds downstream weight; None = 2.5
+    e2e_start_fraction: float = 0.8  # local->e2e runs: share of steps trained `local`
     n_eval_sequences: int = 256
     eval_batch_size: int = 16
     device: str = "auto"
@@ -132,11 +138,11 @@ class QuickstartConfig:
                 "--model and --dataset go together (a TransformerLens model and a Hugging Face "
                 "dataset); give neither for the offline tiny-model run"
             )
-        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        unknown = sorted(set(self.strategies) - set(RUN_KINDS))
         if unknown or not self.strategies:
-            raise ValueError(
-                f"strategies must be a non-empty subset of {STRATEGIES}, got {unknown}"
-            )
+            raise ValueError(f"strategies must be a non-empty subset of {RUN_KINDS}, got {unknown}")
+        if not 0 < self.e2e_start_fraction < 1:
+            raise ValueError(f"e2e_start_fraction must be in (0, 1), got {self.e2e_start_fraction}")
         for strategy in self.strategies:
             coefs = self.coefficients.get(strategy)
             if not coefs:
@@ -161,8 +167,9 @@ def model_defaults(model: str | None) -> dict[str, Any]:
     """GPT-2 small runs as the paper ran it (`paper_settings`: model processing, no BOS, 1024
     tokens, batch 16 as 2 x 8, LR schedule, grad clip 10, dictionary, layer-6 lambdas, alive
     latents over >= 500k held-out tokens); the token budget and the dataset stay the user's.
-    Any other named model gets the paper's lambdas."""
+    Any other named model gets the paper's lambdas (`local->S` runs those of S)."""
     coefficients = {k: list(v) for k, v in paper_settings.COEFFICIENTS.items()}
+    coefficients |= {s: list(coefficients[s.split("->")[1]]) for s in SCHEDULES}
     if model is None:
         return {}
     if not paper_settings.is_paper_model(model):

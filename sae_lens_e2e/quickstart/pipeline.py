@@ -188,6 +188,12 @@ def setup_line(cfg: QuickstartConfig, hook: str, d_in: int) -> str:
         f"- SAEs at `{hook}` (d_in {d_in}, d_sae {cfg.d_sae or 8 * d_in}), "
         f"{cfg.training_tokens:,} training tokens each, lr {cfg.lr:g}, "
         f"SAE init seed {cfg.seed} + strategy index."
+        + (
+            f" `local->S` runs train `local` for the first {cfg.e2e_start_fraction:.0%} of "
+            "their steps, then S, in one run."
+            if any("->" in s for s in cfg.strategies)
+            else ""
+        )
     )
 
 

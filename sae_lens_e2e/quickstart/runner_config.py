@@ -6,13 +6,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sae_lens_e2e.quickstart.config import QuickstartConfig, eval_batch_size, runner_eval_sequences
+from sae_lens_e2e.quickstart.config import (
+    RUN_KINDS,
+    QuickstartConfig,
+    eval_batch_size,
+    runner_eval_sequences,
+)
 from sae_lens_e2e.quickstart.tiny_lm import TINY_MODEL_NAME
-from sae_lens_e2e.training.config import STRATEGIES
 
 
 def run_label(strategy: str, coefficient: float) -> str:
-    return f"{strategy}_lambda{coefficient:g}"
+    """Also a folder name: `local->e2e` becomes `local_to_e2e`."""
+    return f"{strategy.replace('->', '_to_')}_lambda{coefficient:g}"
 
 
 def sae_seed(seed: int, strategy: str) -> int:
@@ -20,7 +25,7 @@ def sae_seed(seed: int, strategy: str) -> int:
     initialisation (the data order is fixed), so every run sees the same tokens, the runs of
     one strategy share an init, and different strategies do not: otherwise their decoders
     stay close to one shared start and the cross-strategy geometry measures only that."""
-    return seed + STRATEGIES.index(strategy)
+    return seed + RUN_KINDS.index(strategy)
 
 
 def build_runner_config(
@@ -40,10 +45,13 @@ def build_runner_config(
 
     from sae_lens_e2e.training.config import E2EStandardTrainingSAEConfig
 
+    final = strategy.split("->")[-1]  # `local->e2e` trains e2e after a local phase
     sae_kwargs: dict[str, Any] = dict(
-        d_in=d_in, d_sae=cfg.d_sae or 8 * d_in, strategy=strategy, l1_coefficient=coefficient
+        d_in=d_in, d_sae=cfg.d_sae or 8 * d_in, strategy=final, l1_coefficient=coefficient
     )
-    if strategy == "e2e_ds" and cfg.in_to_orig_coefficient is not None:
+    if final != strategy:
+        sae_kwargs["e2e_start_fraction"] = cfg.e2e_start_fraction
+    if final == "e2e_ds" and cfg.in_to_orig_coefficient is not None:
         sae_kwargs["in_to_orig_coefficient"] = cfg.in_to_orig_coefficient
     sae_kwargs.update(cfg.sae_overrides)
     batch = eval_batch_size(cfg)

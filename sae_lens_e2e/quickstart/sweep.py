@@ -36,10 +36,21 @@ def train_sweep(
         if progress:
             tqdm.write(f"[{i}/{len(plan)}] training {strategy} SAE, lambda={coefficient:g}")
         start = time.perf_counter()
-        _train_one(runner_cfg, work, out / LOGS_DIR / f"{label}.txt")
+        cost = _train_one(runner_cfg, work, out / LOGS_DIR / f"{label}.txt")
         path = f"{SAES_DIR}/{label}/{work.hook}"
         seconds = time.perf_counter() - start
-        runs.append(SAERun(label, strategy, coefficient, work.hook, path, train_seconds=seconds))
+        runs.append(
+            SAERun(
+                label,
+                strategy,
+                coefficient,
+                work.hook,
+                path,
+                train_seconds=seconds,
+                train_loop_seconds=cost["train_wall_time_s"],
+                train_flops=cost["train_flops"],
+            )  # fmt: skip
+        )
     return runs
 
 
@@ -72,8 +83,9 @@ def _runner_config_for(
     )
 
 
-def _train_one(runner_cfg: Any, work: Workload, log_path: Path) -> None:
-    """One runner; its per-run printed summary goes to `log_path`, not the screen."""
+def _train_one(runner_cfg: Any, work: Workload, log_path: Path) -> dict[str, Any]:
+    """One runner; its per-run printed summary goes to `log_path`, not the screen. Returns
+    its final evaluation (with the training loop's wall time and FLOPs estimate)."""
     from sae_lens_e2e.training.runner import E2ESAETrainingRunner
 
     log = io.StringIO()
@@ -84,3 +96,4 @@ def _train_one(runner_cfg: Any, work: Workload, log_path: Path) -> None:
         make_store_strict(runner.activations_store, work.dataset_name)
         runner.run()
     log_path.write_text(log.getvalue())
+    return runner.eval_results

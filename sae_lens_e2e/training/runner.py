@@ -176,8 +176,12 @@ class E2ESAETrainingRunner:
             "train_local_steps": schedule.switch,
             "resumed_from_step": start_step,
             "train_flops": run_flops(
-                self.model, self.saes, schedule, trainer.total_steps,
-                self.cfg.train_batch_size_tokens, self.cfg.context_size,
+                self.model,
+                self.saes,
+                schedule,
+                trainer.total_steps,
+                self.cfg.train_batch_size_tokens,
+                self.cfg.context_size,
             ),  # fmt: skip
         }
 
