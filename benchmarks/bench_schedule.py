@@ -7,9 +7,9 @@ at the switch and once reset, all in this one process (so they share the machine
 evaluates every SAE on the same held-out tokens and prints, per `local->e2e` run, the share of
 full e2e's CE-increase improvement over local at its L0 (interpolated, never extrapolated)
 and its training-loop wall time and FLOPs relative to the full e2e runs. Writes the numbers
-to benchmarks/results/schedule-<fraction>.json.
+to benchmarks/results/schedule-<fraction>-<grid>-grid.json.
 
-    python benchmarks/bench_schedule.py [--fraction 0.8] [--training-tokens 262144]
+    python benchmarks/bench_schedule.py [--fraction 0.8] [--grid e2e|local] [--training-tokens N]
 """
 
 from __future__ import annotations
@@ -34,13 +34,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fraction", type=float, default=0.8, help="share of steps local")
     parser.add_argument("--training-tokens", type=int, default=2**18)
+    parser.add_argument(
+        "--grid", choices=["e2e", "local"], default="e2e", help="lambdas of the local->e2e runs"
+    )
     args = parser.parse_args()
     cfg = QuickstartConfig(
         strategies=["local", "e2e", "local->e2e"],
         e2e_start_fraction=args.fraction,
         training_tokens=args.training_tokens,
         device="cpu",
+        sae_overrides={"reset_optimizer_at_switch": False},  # only local->e2e runs switch
     )
+    cfg.coefficients["local->e2e"] = list(cfg.coefficients[args.grid])
     work = tiny_workload(cfg, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp)
@@ -55,6 +60,7 @@ def main() -> None:
     base = [r for r in runs if "->" not in r.strategy]
     report: dict[str, object] = {
         "fraction_local": args.fraction,
+        "local_to_e2e_lambdas": args.grid,
         "training_tokens": args.training_tokens,
         "runs": {
             r.label + ("/reset" if r in reset_runs else ""): {
@@ -86,7 +92,7 @@ def main() -> None:
         if shares:
             print(f"  median share {statistics.median(shares):.0%} over {len(shares)} comparable")
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"schedule-{args.fraction:g}.json"
+    path = RESULTS / f"schedule-{args.fraction:g}-{args.grid}-grid.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {path}")
 

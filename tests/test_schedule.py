@@ -48,7 +48,7 @@ def test_switches_at_the_right_step_and_kl_enters_only_after(tmp_path, monkeypat
         assert t["loss"] == pytest.approx(data_term + LAMBDA * t["sparsity"], rel=1e-6)
 
 
-@pytest.mark.parametrize("reset", [True])  # kept moments: nothing changes at the switch
+@pytest.mark.parametrize("reset", [False, True])
 def test_resume_on_either_side_of_the_switch_is_exact(tmp_path, reset):
     full = _runner(_scheduled(tmp_path / "full", steps=8, reset=reset, n_checkpoints=8))
     full.run()

@@ -71,6 +71,8 @@ class E2ETrainingMixin:
     # Local-to-e2e schedule (training/schedule.py): the first round(f * steps) steps train
     # `local`, the rest `strategy`; None trains `strategy` throughout.
     e2e_start_fraction: float | None = None
+    # Forget Adam's moments at the switch; keeping them measured better on the quickstart
+    # model (README, "Local-to-e2e: what it costs and what it buys").
     reset_optimizer_at_switch: bool = False
     # Warm start from a SAELens release via SAE.from_pretrained (e.g. a Gemma Scope SAE).
     warm_start_release: str | None = None

@@ -5,7 +5,8 @@
 configured `e2e` / `e2e_ds` loss, in one run with one optimiser, one LR schedule and one
 output. The phase is a pure function of the step, so a checkpoint on either side of the
 switch resumes exactly. At the switch Adam's moments are kept or reset
-(`reset_optimizer_at_switch`; see README "Local-to-e2e schedules" for the measurement).
+(`reset_optimizer_at_switch`; README "Local-to-e2e: what it costs and what it buys" has the
+measurement behind the default).
 """
 
 from __future__ import annotations
