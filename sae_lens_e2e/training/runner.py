@@ -182,7 +182,7 @@ class E2ESAETrainingRunner:
                 trainer.total_steps,
                 self.cfg.train_batch_size_tokens,
                 self.cfg.context_size,
-            ),  # fmt: skip
+            ),
         }
 
     def _init_wandb(self) -> Any:
