@@ -24,7 +24,7 @@ from sae_lens_e2e.analysis.evaluation import alive_tokens_note
 from sae_lens_e2e.analysis.report import EV_KINDS, parse_markdown_table
 from sae_lens_e2e.cli import build_parser, main
 from sae_lens_e2e.cli.quickstart import config_from_args, parse_coefficients
-from sae_lens_e2e.quickstart.config import TINY_COEFFICIENTS, QuickstartConfig
+from sae_lens_e2e.quickstart.config import SCHEDULES, TINY_COEFFICIENTS, QuickstartConfig
 from sae_lens_e2e.quickstart.tiny_lm import (
     TinyLMConfig,
     load_pydoc_corpus,
@@ -413,6 +413,7 @@ def test_coefficients_option_merges_with_the_defaults():
         ["quickstart", "--model", "m", "--dataset", "d", "--coefficients", "local=2"]
     )
     paper = {k: list(v) for k, v in paper_settings.COEFFICIENTS.items()}
+    paper |= {s: paper[s.split("->")[1]] for s in SCHEDULES}  # local->S: the lambdas of S
     assert config_from_args(args).coefficients == {**paper, "local": [2.0]}
 
 
