@@ -308,24 +308,26 @@ def comparison_lines(result: ReportData) -> list[str]:
 
 
 def plot_pareto(result: ReportData, path: Path) -> Path:
-    """CE increase against L0, alive latents and training compute, one curve per strategy."""
+    """CE increase against L0, alive latents and (for SAEs trained here) training compute,
+    one curve per strategy."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(18, 5), layout="constrained")
+    panels = [
+        ("l0", "L0 (active latents per token)"),
+        ("alive", f"alive latents (over {result.n_eval_tokens:,} held-out tokens)"),
+    ]
+    if any(run.train_flops is not None for run in result.runs):  # SAEs trained here
+        panels.append(("flops", "training compute (FLOPs, estimate)"))
+    fig = Figure(figsize=(6 * len(panels), 5), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
+    axes = fig.subplots(1, len(panels))
     groups: dict[str, list[SAERun]] = {}
     several_hooks = len({run.hook for run in result.runs}) > 1
     for run in result.runs:
         name = run.strategy if run.strategy != "loaded" else run.label
         groups.setdefault(f"{name} @ {run.hook}" if several_hooks else name, []).append(run)
-    panels = (
-        ("l0", "L0 (active latents per token)"),
-        ("alive", f"alive latents (over {result.n_eval_tokens:,} held-out tokens)"),
-        ("flops", "training compute (FLOPs, estimate)"),
-    )
     for ax, (key, xlabel) in zip(axes, panels, strict=True):
         labels = []
         for i, (name, runs) in enumerate(groups.items()):
