@@ -62,6 +62,11 @@ def test_train_from_yaml(tmp_path, monkeypatch):
     assert sae.cfg.metadata.training_strategy == "e2e_ds"
 
 
+def test_null_checkpoint_path_means_no_checkpoints(tmp_path):
+    # SAELens < 6.51.5 alone would turn it into "None/<random id>" (see sae_lens_e2e/compat.py).
+    assert load_runner_config(_write_config(tmp_path, n_checkpoints=2)).checkpoint_path is None
+
+
 def test_unknown_field_is_named(tmp_path, capsys):
     path = _write_config(tmp_path, sae={"d_in": 16, "d_sae": 32, "l1_coeficient": 1.0})
     assert cli.main(["train", str(path)]) == 2

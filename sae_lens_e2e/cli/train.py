@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from sae_lens_e2e.compat import keep_null_checkpoint_path
 from sae_lens_e2e.config_fields import build_config, read_yaml_mapping
 from sae_lens_e2e.preflight import check_writable, go_offline_if_hub_unreachable
 
@@ -71,7 +72,8 @@ def runner_config_from_dict(raw: dict[str, Any], source: str = "config") -> Any:
     # SAELens asks `datasets` to trust remote code by default, which current `datasets` no
     # longer supports and answers with a notice on every run; off unless asked for.
     raw.setdefault("dataset_trust_remote_code", False)
-    return build_config(source, raw, LanguageModelSAERunnerConfig, sae=sae_cfg)
+    cfg = build_config(source, raw, LanguageModelSAERunnerConfig, sae=sae_cfg)
+    return keep_null_checkpoint_path(cfg, raw)
 
 
 def load_runner_config(path: str | Path) -> Any:

@@ -43,6 +43,7 @@ def build_runner_config(
     The fields the sweep sets here are those `SWEEP_*_FIELDS` keep out of the overrides."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
+    from sae_lens_e2e.compat import keep_null_checkpoint_path
     from sae_lens_e2e.training.config import E2EStandardTrainingSAEConfig
 
     final = strategy.split("->")[-1]  # `local->e2e` trains e2e after a local phase
@@ -93,5 +94,4 @@ def build_runner_config(
     runner_cfg = LanguageModelSAERunnerConfig(
         sae=E2EStandardTrainingSAEConfig(**sae_kwargs), **fields
     )
-    runner_cfg.checkpoint_path = None  # SAELens appends a random id in post-init
-    return runner_cfg
+    return keep_null_checkpoint_path(runner_cfg, fields)
