@@ -341,7 +341,7 @@ def test_lambda_labels_do_not_overlap():
     from matplotlib.figure import Figure
     from matplotlib.text import Text
 
-    from sae_lens_e2e.analysis.report import _annotate_apart
+    from sae_lens_e2e.analysis.report.plots import annotate_apart
 
     fig = Figure(figsize=(6, 4), layout="constrained")
     FigureCanvasAgg(fig)
@@ -349,7 +349,7 @@ def test_lambda_labels_do_not_overlap():
     points = [(63, 0.394, "λ=0.5", "C0"), (63, 0.395, "λ=2", "C0"), (63, 0.396, "λ=10", "C0"),
               (62, 0.586, "λ=0.5", "C1")]  # fmt: skip
     ax.plot([p[0] for p in points], [p[1] for p in points], "o")
-    _annotate_apart(ax, points)
+    annotate_apart(ax, points)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text, not its arrow
