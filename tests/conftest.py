@@ -84,7 +84,7 @@ def read_only(monkeypatch):
 @pytest.fixture
 def hub_cache(monkeypatch, tmp_path):
     """huggingface_hub's default cache pointed at an empty folder (fill it with
-    `hf_upload.fill_hub_cache`); HF_HUB_OFFLINE is set above, so nothing reaches the hub."""
+    `e2e_hf_upload.fill_hub_cache`); HF_HUB_OFFLINE is set above, so nothing reaches the hub."""
     import huggingface_hub
 
     cache = tmp_path / "hf_cache"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import killed_while_writing
+from e2e_helpers import killed_while_writing
 from safetensors.torch import save_file
 
 from sae_lens_e2e.atomic import atomic_directory, atomic_file, remove_stale_temporaries

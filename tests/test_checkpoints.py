@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_model, make_token_dataset
-from helpers import killed_while_writing, runner_config
+from e2e_helpers import killed_while_writing, runner_config
 from safetensors.torch import load_file, save_file
 
 from sae_lens_e2e import E2ESAETrainingRunner, NonFiniteLossError

@@ -1,6 +1,6 @@
 """Data-parallel training: 2 gloo ranks spawned from pytest, compared with one process (CPU).
 
-One spawn runs every case (`dist_worker.py`), so the file pays for two interpreter starts;
+One spawn runs every case (`e2e_dist_worker.py`), so the file pays for two interpreter starts;
 the one-process references run in this process.
 """
 
@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_token_dataset
-from dist_worker import CASES, HOOK, TIMEOUT_S, run_case
+from e2e_dist_worker import CASES, HOOK, TIMEOUT_S, run_case
 
 from sae_lens_e2e.training.distributed import Ranks, check_split
 from sae_lens_e2e.training.trainer import resolve_checkpoint
 
-WORKER = Path(__file__).with_name("dist_worker.py")
+WORKER = Path(__file__).with_name("e2e_dist_worker.py")
 SPAWNED = ["plain", "accum", "two_saes", "topk_warm", "full", "resumed", "nan", "cli", "kill"]
 DEADLINE_S = 300
 

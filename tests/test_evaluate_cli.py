@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import stock_sae_folder
-from hf_upload import ReferenceSAEModule, fill_hub_cache, write_uploaded_pair
+from e2e_helpers import stock_sae_folder
+from e2e_hf_upload import ReferenceSAEModule, fill_hub_cache, write_uploaded_pair
 from sae_lens import SAE
 from test_convert import make_reference_config, write_checkpoint
 from transformer_lens import HookedTransformer

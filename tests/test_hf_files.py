@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_upload import ReferenceSAEModule, fill_hub_cache, write_uploaded_pair
+from e2e_hf_upload import ReferenceSAEModule, fill_hub_cache, write_uploaded_pair
 from sae_lens import SAE
 from test_convert import D_IN, D_SAE, make_reference_config, rel_err
 

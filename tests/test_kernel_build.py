@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -21,18 +20,18 @@ import pytest
 pytest.importorskip("triton", reason="triton is not installed: nothing to build")
 
 BUILD_TIMEOUT_S = 600  # a hang guard: a cold build takes ~30 s of CPU
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def build() -> dict:
-    """The build, in a child without TRITON_INTERPRET. It imports kernels/ as the top-level
-    package `kernels` (from the repo root): the same files, without the seconds that
-    importing sae_lens_e2e (and SAELens) costs."""
+def build(tmp_path_factory) -> dict:
+    """The build, in a child without TRITON_INTERPRET, run as a user runs it (`python -m
+    sae_lens_e2e.kernels.gpu_build`) from a folder other than the repo root, so it cannot
+    depend on the root being on sys.path. sae_lens_e2e imports nothing heavy until asked."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-c", "import kernels.gpu_build as b; b.main()"]
+    cmd = [sys.executable, "-m", "sae_lens_e2e.kernels.gpu_build"]
+    cwd = tmp_path_factory.mktemp("build")
     proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)

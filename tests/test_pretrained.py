@@ -19,7 +19,7 @@ import pytest
 import torch
 import wandb
 import yaml
-from hf_upload import ReferenceSAEModule, write_uploaded_pair
+from e2e_hf_upload import ReferenceSAEModule, write_uploaded_pair
 from huggingface_hub import errors as hf_errors
 from sae_lens import SAE
 from test_convert import (

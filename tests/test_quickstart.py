@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from conftest import make_tiny_model
-from helpers import killed_while_writing, stock_sae_folder
+from e2e_helpers import killed_while_writing, stock_sae_folder
 from sae_lens import SAE
 
 from sae_lens_e2e import paper_settings

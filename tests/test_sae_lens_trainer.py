@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_model, make_token_dataset
-from helpers import runner_config
+from e2e_helpers import runner_config
 from sae_lens import SAE, LanguageModelSAETrainingRunner
 from sae_lens.saes.sae import TrainStepInput
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import make_tiny_model, make_token_dataset
-from helpers import runner_config
+from e2e_helpers import runner_config
 
 from sae_lens_e2e import E2ESAETrainingRunner, E2EStandardTrainingSAEConfig
 from sae_lens_e2e.training import cost, distributed

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_model, make_token_dataset
-from helpers import runner_config
+from e2e_helpers import runner_config
 from sae_lens import SAE
 
 from sae_lens_e2e import E2ESAETrainingRunner, NonFiniteLossError, compute_loss_terms

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import make_tiny_model, make_token_dataset
-from helpers import runner_config
+from e2e_helpers import runner_config
 from sae_lens import (
     SAE,
     JumpReLUSAE,

@@ -1,6 +1,6 @@
 """One rank of the data-parallel tests; the tests also import it for the one-process reference.
 
-    python tests/dist_worker.py OUT_DIR CASE [CASE ...]    # with RANK, WORLD_SIZE, LOCAL_RANK,
+    python tests/e2e_dist_worker.py OUT_DIR CASE [CASE ...]    # with RANK, WORLD_SIZE, LOCAL_RANK,
                                                            # MASTER_ADDR/PORT set, as torchrun does
 
 Each case trains a tiny run in OUT_DIR/<case>/ (shared by the ranks: rank 0's checkpoints are
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import wandb  # noqa: E402
 import yaml  # noqa: E402
 from conftest import make_tiny_model, make_token_dataset  # noqa: E402
-from helpers import runner_config  # noqa: E402
+from e2e_helpers import runner_config  # noqa: E402
 from sae_lens import LoggingConfig, TopKSAE, TopKSAEConfig  # noqa: E402
 
 from sae_lens_e2e import E2ESAETrainingRunner, NonFiniteLossError  # noqa: E402
