@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
@@ -67,19 +68,51 @@ def triton_import_error() -> str | None:
     return None
 
 
-def resolve_backend(requested: str, device: torch.device) -> Literal["triton", "torch"]:
-    """auto -> 'triton' iff device is CUDA and triton imports, else 'torch'.
+@dataclass(frozen=True)
+class Target:
+    """What the Triton kernels are built for: backend 'cuda' (arch = compute capability as
+    an int, 90 for sm_90), 'hip' (arch = the gfx name, e.g. 'gfx90a') or 'interpreter'
+    (TRITON_INTERPRET=1 on CPU tensors); `name` is the device's, for messages."""
 
-    'triton' where it cannot run raises ValueError with the reason; under TRITON_INTERPRET=1
-    Triton runs on CPU tensors (for tests), so it is accepted there.
+    backend: str
+    arch: int | str
+    name: str
+
+
+def target_of(device: torch.device) -> Target:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return Target("interpreter", 0, f"{device.type} (Triton interpreter)")
+    props = torch.cuda.get_device_properties(device)
+    if torch.version.hip is not None:
+        return Target("hip", props.gcnArchName.split(":")[0], props.name)
+    return Target(
+        "cuda", props.major * 10 + props.minor, f"{props.name} (sm_{props.major}{props.minor})"
+    )
+
+
+def auto_uses_triton(device: torch.device) -> bool:
+    """kernels='auto': an NVIDIA GPU with triton importable (off CUDA, triton is not even
+    imported). Tests replace this to run 'auto' on the interpreter as on a GPU."""
+    nvidia = device.type == "cuda" and torch.version.hip is None
+    return nvidia and triton_import_error() is None
+
+
+def resolve_backend(requested: str, device: torch.device) -> Literal["triton", "torch"]:
+    """auto -> 'triton' iff device is an NVIDIA GPU and triton imports, else 'torch'.
+
+    ROCm also reports device.type 'cuda'; auto keeps it on PyTorch (the kernels are built
+    for AMD targets but have never run on one), and kernels='triton' opts in. 'triton' where
+    it cannot run raises ValueError with the reason; under TRITON_INTERPRET=1 Triton runs on
+    CPU tensors (for tests), so it is accepted there.
     """
     if requested not in BACKENDS:
         raise ValueError(f"unknown kernels backend {requested!r}; expected one of {BACKENDS}")
     if requested == "torch":
         return "torch"
     device = torch.device(device)
-    if requested == "auto":  # off CUDA, do not even import triton
-        return "triton" if device.type == "cuda" and triton_import_error() is None else "torch"
+    if requested == "auto":
+        return "triton" if auto_uses_triton(device) else "torch"
     err = triton_import_error()
     if err is not None:
         raise ValueError(f"kernels='triton' requested but {err}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
+from . import dispatch, selfcheck
 from .reference import kl_div_torch
 
 
@@ -38,6 +38,14 @@ def kl_div(
     if dispatch.resolve_backend(backend, logits_new.device) == "torch":
         return kl_div_torch(logits_new, logits_orig)
     v = logits_new.shape[-1]
+    if not selfcheck.kl_kernels(backend, logits_new.device, logits_new.dtype, v):
+        return kl_div_torch(logits_new.float(), logits_orig.float())
+    return kl_fused(logits_new, logits_orig)
+
+
+def kl_fused(logits_new: torch.Tensor, logits_orig: torch.Tensor) -> torch.Tensor:
+    """The Triton KL on [..., vocab] logits (no backend choice, no self-check)."""
+    v = logits_new.shape[-1]
     new = logits_new.reshape(-1, v).contiguous()
-    orig = logits_orig.detach().reshape(-1, v).contiguous()
+    orig = logits_orig.detach().reshape(-1, v).contiguous().to(new.dtype)
     return _KLFunction.apply(new, orig)

@@ -8,8 +8,11 @@ target, so it cannot drift from the launch code.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,18 @@ class Launch:
         self.kernel[self.grid](*self.args, **self.constexprs, **self.options)
 
 
+def on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Triton launches on torch's *current* CUDA device and stream, not the tensors': make
+    the tensors' device current (a run on cuda:1 in a process whose current device is 0)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def run(launches: list[Launch], outputs):
-    """Launch in order and return the planner's outputs."""
-    for launch in launches:
-        launch()
+    """Launch in order, on the device of the launches' tensors, and return the outputs."""
+    device = next(a.device for a in launches[0].args if isinstance(a, torch.Tensor))
+    with on_device(device):
+        for launch in launches:
+            launch()
     return outputs

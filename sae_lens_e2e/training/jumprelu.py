@@ -19,26 +19,60 @@ import torch.nn.functional as F
 from sae_lens.saes.jumprelu_sae import JumpReLU, Step, rectangle
 
 from sae_lens_e2e import kernels
+from sae_lens_e2e.kernels import dispatch, selfcheck
+from sae_lens_e2e.kernels.sae import nonzero_static_2d, sampled_decoder_dot
 
 
 class _ThresholdSTE(torch.autograd.Function):
-    """Identity on (acts, out); backward adds SAELens's JumpReLU threshold gradient."""
+    """Identity on (acts, out); backward adds SAELens's JumpReLU threshold gradient.
+
+    That gradient lives only in the rectangle window |pre - t| < bw / 2. Where the window is
+    sparse (the usual case once training has settled), the total gradient reaching acts is
+    computed at the window's entries only (a sampled product through the kernels) instead of
+    the dense [tokens, d_sae] product g_out @ W_dec_normed.T; the per-latent sums run in
+    latent order, so the result is deterministic.
+    """
 
     @staticmethod
-    def forward(ctx: Any, acts, out, pre, threshold, W_dec, bandwidth: float):  # type: ignore[override]
+    def forward(ctx: Any, acts, out, pre, threshold, W_dec, bandwidth: float, sparse_ok: bool):  # type: ignore[override]
         ctx.save_for_backward(pre, threshold, W_dec)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.sparse_ok = bandwidth, sparse_ok
         return acts.view_as(acts), out.view_as(out)
 
     @staticmethod
     def backward(ctx: Any, g_acts, g_out):  # type: ignore[override]
         pre, threshold, W_dec = ctx.saved_tensors
-        total = torch.zeros_like(pre) if g_acts is None else g_acts.to(pre.dtype)
-        if g_out is not None:
-            total = total + g_out.to(pre.dtype) @ F.normalize(W_dec, dim=-1).to(pre.dtype).t()
         thr = threshold.to(pre.dtype)
-        ste = (thr / ctx.bandwidth) * rectangle((pre - thr) / ctx.bandwidth) * total
-        return g_acts, g_out, None, (-ste.sum(0)).to(threshold.dtype), None, None
+        window = rectangle((pre - thr).div_(ctx.bandwidth)) != 0
+        n_window = int(window.sum())  # the backward's one host sync
+        n, s = pre.shape
+        if ctx.sparse_ok and dispatch.use_sparse(n_window, n * s, pre.dtype):
+            d_thr = _window_threshold_grad(window, n_window, g_acts, g_out, thr, W_dec, ctx)
+        else:
+            total = torch.zeros_like(pre) if g_acts is None else g_acts.to(pre.dtype)
+            if g_out is not None:
+                Wn = F.normalize(W_dec, dim=-1).to(pre.dtype)
+                total = total + g_out.to(pre.dtype) @ Wn.t()
+            d_thr = -((thr / ctx.bandwidth) * window.to(pre.dtype) * total).sum(0)
+        return g_acts, g_out, None, d_thr.to(threshold.dtype), None, None, None
+
+
+def _window_threshold_grad(window, n_window, g_acts, g_out, thr, W_dec, ctx) -> torch.Tensor:
+    """-sum over the window's tokens of (t / bw) * (g_acts + g_out . W_dec_normed[j]), per
+    latent j, touching only the window's entries."""
+    s = window.shape[1]
+    tokens, latents = nonzero_static_2d(window, n_window)
+    order = torch.argsort(latents, stable=True)  # latent-major, tokens ascending within
+    tokens, latents = tokens[order], latents[order]
+    ptr = torch.searchsorted(latents, torch.arange(s + 1, device=latents.device))
+    total = torch.zeros(n_window, device=window.device, dtype=torch.float32)
+    if g_out is not None:
+        total += sampled_decoder_dot(g_out, W_dec, tokens, ptr)
+    if g_acts is not None:
+        total += g_acts[tokens, latents].float()
+    ste = (thr.float()[latents] / ctx.bandwidth) * total
+    sums = torch.cat([ste.new_zeros(1, dtype=torch.float64), ste.double().cumsum(0)])
+    return -(sums[ptr[1:]] - sums[ptr[:-1]]).float()
 
 
 def jumprelu_forward(
@@ -55,16 +89,18 @@ def jumprelu_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(feature_acts, sae_out, pre_acts) for flat x [N, d_in]; decoder rows normalised.
 
-    The kernel path needs threshold >= 0 (callers clamp it, as SAELens does) and has no
-    `ste_to_input` (Anthropic's variant): that runs on the PyTorch path.
+    The kernel path has no `ste_to_input` (Anthropic's variant): that runs on PyTorch.
     """
     use_kernel = not ste_to_input and kernels.resolve_backend(backend, x.device) == "triton"
-    if use_kernel and bool((threshold >= 0).all()):
+    if use_kernel:
         acts, out, pre = kernels.sae_forward(
             x, W_enc, b_enc, W_dec, b_dec, activation="jumprelu",
-            threshold=threshold.detach().to(x.dtype), backend=backend, return_pre=True,
+            threshold=threshold.detach(), backend=backend, return_pre=True,
         )  # fmt: skip
-        acts, out = _ThresholdSTE.apply(acts, out, pre, threshold, W_dec, bandwidth)
+        verdict = selfcheck.sae_kernels(
+            backend, x.device, pre.dtype, x.shape[-1], W_enc.shape[1], x.shape[0], "jumprelu", None
+        )  # cached: sae_forward has just checked this class
+        acts, out = _ThresholdSTE.apply(acts, out, pre, threshold, W_dec, bandwidth, verdict.sparse)
         return acts, out, pre
     pre = x @ W_enc + b_enc
     acts = JumpReLU.apply(pre, threshold.to(pre.dtype), bandwidth, ste_to_input)

@@ -41,9 +41,13 @@ from sae_lens_e2e.training.sae_lens_trainer import (
 
 
 def reference_init_(sae: SAE[Any]) -> None:
-    """Reference init: orthogonal decoder, nn.Linear-default encoder (U(+-1/sqrt(d_in)))."""
+    """Reference init: orthogonal decoder, nn.Linear-default encoder (U(+-1/sqrt(d_in))).
+
+    The orthogonal matrix is drawn in fp32 and then cast: its QR (geqrf) has no bf16/fp16
+    kernel on CPU or CUDA, so a half-precision SAE could not be built otherwise."""
     with torch.no_grad():
-        nn.init.orthogonal_(sae.W_dec.data)
+        W_dec = torch.empty(sae.W_dec.shape, dtype=torch.float32, device=sae.W_dec.device)
+        sae.W_dec.data.copy_(nn.init.orthogonal_(W_dec))
         bound = 1.0 / sae.cfg.d_in**0.5
         sae.W_enc.data.uniform_(-bound, bound)
         sae.b_enc.data.uniform_(-bound, bound)

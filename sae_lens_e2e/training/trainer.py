@@ -157,9 +157,10 @@ class E2ETrainer:
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        device = torch.device(self.cfg.device)
-        if self.cfg.autocast and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast on any device, as SAELens's trainer does (on CPU it also runs the GPU
+        recipe's mixed precision where tests can see it)."""
+        if self.cfg.autocast:
+            return torch.autocast(torch.device(self.cfg.device).type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _is_log_step(self) -> bool:
