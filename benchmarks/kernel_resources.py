@@ -33,8 +33,8 @@ def resources(row: dict | None) -> list[str]:
     if row["error"]:
         return ["build failed", "", "", ""]
     stack = row["stack"] + row["local"]
-    return [str(row["regs"]), f"**{stack}**" if stack else "0", str(row["smem"]),
-            str(row["occupancy_warps"])]  # fmt: skip
+    occupancy = "" if row["occupancy_warps"] is None else str(row["occupancy_warps"])
+    return [str(row["regs"]), f"**{stack}**" if stack else "0", str(row["smem"]), occupancy]
 
 
 def table(rows: list[dict], shape_name: str, shape, targets: list[str]) -> list[str]:
@@ -51,7 +51,7 @@ def table(rows: list[dict], shape_name: str, shape, targets: list[str]) -> list[
     by_key = {(r["kernel"], r["dtype"], r["target"]): r for r in rows if r["shape"] == shape_name}
     seen = dict.fromkeys((r["kernel"], r["dtype"]) for r in rows if r["shape"] == shape_name)
     for kernel, dtype in seen:
-        first = by_key[(kernel, dtype, targets[0])]
+        first = next(by_key[(kernel, dtype, t)] for t in targets if (kernel, dtype, t) in by_key)
         cells = [kernel, dtype, launch_params(first)]
         for t in targets:
             cells += resources(by_key.get((kernel, dtype, t)))
@@ -62,17 +62,20 @@ def table(rows: list[dict], shape_name: str, shape, targets: list[str]) -> list[
 def report() -> str:
     import torch
     import triton
-    from sae_lens_e2e.kernels import gpu_build, sae_triton
+    from sae_lens_e2e.kernels import dispatch, gpu_build, sae_triton
 
     shapes = {**gpu_build.SHAPES, **gpu_build.RAGGED}
     rows = gpu_build.build_all(shapes)
+    small = {"gpt2-small": gpu_build.SHAPES["gpt2-small"]}
+    compat = gpu_build.build_all(small, gpu_build.COMPAT_TARGETS, gpu_build.COMPAT_DTYPES)
     from triton.backends.nvidia.compiler import get_ptxas  # the one triton.compile runs
 
     ptxas = ", ".join(
         f"{t} `{subprocess.run([get_ptxas(a).path, '--version'], capture_output=True, text=True).stdout.split(', ')[-2]}`"
         for t, a in gpu_build.TARGETS.items()
     )
-    no_tf32 = sae_triton.encode_config(torch.float32, tf32=False)
+    sm90 = dispatch.Target("cuda", 90, "sm_90")
+    no_tf32 = sae_triton.encode_config(torch.float32, False, sm90)
     lines = [
         "# Triton kernel resources per target",
         "",
@@ -96,6 +99,16 @@ def report() -> str:
     ]
     for name, shape in shapes.items():
         lines += table(rows, name, shape, list(gpu_build.TARGETS))
+    lines += [
+        "## Other GPUs",
+        "",
+        "What the launchers pick on older NVIDIA GPUs (no fused encoder before sm_80: cuBLAS "
+        "runs it), Blackwell, and AMD MI200 (gfx90a: no TF32, so no fp32 encoder) / MI300 "
+        "(gfx942), at GPT-2 small's shape. AMD: regs are VGPRs per lane (of 512), stack is "
+        "scratch bytes; no occupancy model.",
+        "",
+    ]
+    lines += table(compat, "gpt2-small", small["gpt2-small"], list(gpu_build.COMPAT_TARGETS))
     return "\n".join(lines)
 
 
