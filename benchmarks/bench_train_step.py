@@ -3,8 +3,11 @@
 Both train the same SAE on the same frozen model and batch, in one process, interleaved. The
 baseline is what the reference code does per step: a clean forward over the whole model
 (no grad), a second whole forward with the SAE spliced in, the loss, backward, Adam. Ours is
-`E2ETrainer.train_step` (shared prefix, start_at_layer suffixes). Memory is CUDA peak
-allocation on a GPU; on CPU it is the bytes autograd saves for backward (deterministic).
+`E2ETrainer.train_step` (shared prefix, start_at_layer suffixes) with the configured kernels
+(`--kernels auto`: the fused Triton kernels on an NVIDIA GPU, PyTorch elsewhere). With
+`--autocast` both run under bf16 autocast. Memory is CUDA peak allocation on a GPU; on CPU it
+is the bytes autograd saves for backward (deterministic). benchmarks/gpu_suite.py runs the
+same steps at GPT-2 small's shapes.
 
     python benchmarks/bench_train_step.py            # CPU or the current CUDA device
 """
@@ -43,11 +46,19 @@ class FixedTokens:
 
 
 def make_model(
-    n_layers: int, d_model: int, d_vocab: int, n_ctx: int, device: str
+    n_layers: int,
+    d_model: int,
+    d_vocab: int,
+    n_ctx: int,
+    device: str,
+    n_heads: int | None = None,
+    d_mlp: int | None = None,
 ) -> HookedTransformer:
+    n_heads = n_heads or d_model // 32
     cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, d_head=32, n_heads=d_model // 32,
-        d_vocab=d_vocab, act_fn="gelu", normalization_type="LN", device=device,
+        n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, d_head=d_model // n_heads,
+        n_heads=n_heads, d_mlp=d_mlp, d_vocab=d_vocab, act_fn="gelu", normalization_type="LN",
+        device=device,
     )  # fmt: skip
     model = HookedTransformer(cfg)
     return model.requires_grad_(False).eval()
@@ -111,28 +122,42 @@ def peak_memory(step: Callable[[], None], device: str) -> tuple[str, int]:
     return "saved for backward", saved_bytes(step)
 
 
-def run_case(n_layers: int, layer: int, args: argparse.Namespace) -> dict[str, float]:
+def make_steps(n_layers: int, layer: int, args: argparse.Namespace):
+    """(ours, baseline, ours' first step in s): two step functions training the same SAE from
+    the same weights on the same model and batch; the first step includes compiles."""
     torch.manual_seed(0)
-    model = make_model(n_layers, args.d_model, args.d_vocab, args.context, args.device)
+    model = make_model(n_layers, args.d_model, args.d_vocab, args.context, args.device,
+                       getattr(args, "n_heads", None), getattr(args, "d_mlp", None))  # fmt: skip
     hook = f"blocks.{layer}.hook_resid_pre"
     tokens = torch.randint(0, args.d_vocab, (args.batch, args.context), device=args.device)
     sae_cfg = E2EStandardTrainingSAEConfig(
         d_in=args.d_model, d_sae=args.expansion * args.d_model, strategy="e2e",
-        l1_coefficient=1.5, kernels="torch", device=args.device,
+        l1_coefficient=1.5, kernels=args.kernels, device=args.device,
     )  # fmt: skip
     run_cfg = LanguageModelSAERunnerConfig(
         sae=sae_cfg, hook_name=hook, context_size=args.context, device=args.device,
         train_batch_size_tokens=args.batch * args.context, training_tokens=10**9,
         logger=LoggingConfig(log_to_wandb=False, wandb_log_frequency=10**9), verbose=False,
-        checkpoint_path=None,
+        checkpoint_path=None, autocast=args.autocast,
     )  # fmt: skip
     ours_sae = E2EStandardTrainingSAE(sae_cfg)
     base_sae = E2EStandardTrainingSAE(sae_cfg)
     base_sae.load_state_dict(ours_sae.state_dict())
     trainer = E2ETrainer(run_cfg, model, {hook: ours_sae}, FixedTokens(tokens))  # type: ignore[arg-type]
     base_opt = torch.optim.Adam(base_sae.parameters(), lr=run_cfg.lr)
-    ours = lambda: trainer.train_step()  # noqa: E731
-    base = lambda: baseline_step(model, base_sae, hook, tokens, base_opt, 1.5)  # noqa: E731
+    autocast = torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.autocast)
+
+    def base() -> None:
+        with autocast:
+            baseline_step(model, base_sae, hook, tokens, base_opt, 1.5)
+
+    start = time.perf_counter()
+    measure(trainer.train_step, args.device)
+    return trainer.train_step, base, time.perf_counter() - start
+
+
+def run_case(n_layers: int, layer: int, args: argparse.Namespace) -> dict[str, float]:
+    ours, base, _ = make_steps(n_layers, layer, args)
     for _ in range(args.warmup):
         ours(), base()
     t_ours, t_base = [], []
@@ -141,10 +166,11 @@ def run_case(n_layers: int, layer: int, args: argparse.Namespace) -> dict[str, f
         t_ours.append(measure(ours, args.device))
     mem_kind, mem_base = peak_memory(base, args.device)
     _, mem_ours = peak_memory(ours, args.device)
+    trainer = ours.__self__
     ckpt_cfg = dataclasses.replace(
-        run_cfg, sae=dataclasses.replace(sae_cfg, gradient_checkpointing=True)
+        trainer.cfg, sae=dataclasses.replace(trainer.cfg.sae, gradient_checkpointing=True)
     )
-    ckpt = E2ETrainer(ckpt_cfg, model, {hook: ours_sae}, FixedTokens(tokens))  # type: ignore[arg-type]
+    ckpt = E2ETrainer(ckpt_cfg, trainer.model, trainer.saes, trainer.tokens)
     _, mem_ckpt = peak_memory(ckpt.train_step, args.device)
     return {
         "baseline_ms": 1e3 * statistics.median(t_base),
@@ -166,6 +192,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     # Small enough that the model, not the SAE (the same cost on both sides), dominates.
     parser.add_argument("--expansion", type=int, default=4)
+    parser.add_argument("--kernels", choices=("auto", "triton", "torch"), default="auto")
+    parser.add_argument("--autocast", action="store_true", help="bf16 autocast for both")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
