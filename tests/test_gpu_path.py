@@ -117,7 +117,10 @@ CASES = {
     "e2e-topk-bf16sae": ("e2e", "topk", "bf16", {}),
     "e2e_ds-jumprelu-bf16sae": ("e2e_ds", "jumprelu", "bf16", {}),
     "two-saes-e2e_ds-autocast": (
-        "e2e_ds", "standard", "autocast", {"additional_hook_names": ["blocks.2.hook_resid_pre"]},
+        "e2e_ds",
+        "standard",
+        "autocast",
+        {"additional_hook_names": ["blocks.2.hook_resid_pre"]},
     ),  # fmt: skip
 }
 RTOL = {"fp32": 1e-4, "tf32": 1e-4, "autocast": 3e-2, "bf16": 3e-2}
