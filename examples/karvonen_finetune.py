@@ -5,11 +5,10 @@ a short KL + MSE fine-tune on the last tokens of the budget (arXiv 2503.17272).
     python examples/karvonen_finetune.py --lambda 1 --finetune-fraction 0.1
 
 The recipe as an `E2EStandardTrainingSAEConfig` (README, "The Karvonen recipe"): strategy
-`e2e` with `kl_coefficient` and `out_to_in_coefficient` both non-zero, the local run's
-lambda, a warm start from the local SAE (`override_sae`, `from_pretrained_path` or a SAELens
-release), a small LR decaying linearly to 0 and grad clip 1.0. Karvonen weighs the two terms
-equally by rescaling KL to MSE's size at every step (alpha = MSE / KL); the coefficients here
-are fixed, so alpha is measured once, on the warm start, before the fine-tune.
+`e2e` with `kl_balance="per_step"` (KL and MSE weighed equally at every step:
+loss = (alpha * KL + MSE) / 2, alpha = (MSE / KL).detach()), the local run's lambda, a warm
+start from the local SAE (`override_sae`, `from_pretrained_path` or a SAELens release), a
+small LR decaying linearly to 0 and grad clip 1.0. It also prints alpha at the warm start.
 """
 
 from __future__ import annotations
@@ -63,16 +62,12 @@ def main() -> None:
     local_cfg.training_tokens = local_tokens
     local = _run(local_cfg, work, work.train_dataset).saes[work.hook]
 
-    # 2. alpha = MSE / KL of the warm start (Karvonen weighs the terms equally)
+    # 2. the fine-tune: e2e with KL and MSE weighed equally at every step, on the rows the
+    # local run did not see
+    sae_cfg = dataclasses.replace(local_cfg.sae, strategy="e2e", kl_balance="per_step")
     probe = work.eval_tokens[:16].to(device)
     with torch.no_grad():
-        terms = compute_loss_terms(work.model, {work.hook: local}, probe, local_cfg.sae)
-    alpha = terms["out_to_in"].item() / terms["kl"].item()
-
-    # 3. the fine-tune: e2e with KL and MSE, on the rows the local run did not see
-    sae_cfg = dataclasses.replace(
-        local_cfg.sae, strategy="e2e", kl_coefficient=alpha, out_to_in_coefficient=1.0
-    )
+        alpha = compute_loss_terms(work.model, {work.hook: local}, probe, sae_cfg)["kl_alpha"]
     ft_cfg = dataclasses.replace(
         local_cfg,
         sae=sae_cfg,
@@ -88,7 +83,7 @@ def main() -> None:
     tuned = _run(ft_cfg, work, rest, warm=local).saes[work.hook]
 
     before, after = _ce_and_l0(work, local), _ce_and_l0(work, tuned)
-    print(f"alpha = MSE / KL at the warm start: {alpha:.4g}")
+    print(f"alpha = MSE / KL at the warm start: {alpha.item():.4g} (recomputed every step)")
     print(f"local ({local_tokens:,} tokens): CE increase {before[0]:.4f} at L0 {before[1]:.1f}")
     print(
         f"+ KL+MSE fine-tune ({finetune_tokens:,} tokens): CE increase {after[0]:.4f} at L0 {after[1]:.1f}"

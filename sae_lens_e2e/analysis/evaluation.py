@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_lens_e2e.paper_settings import ALIVE_TOKENS
-from sae_lens_e2e.training.losses import l0, logits_kl
+from sae_lens_e2e.training.logits import next_token_ce_sum, residual_kl
+from sae_lens_e2e.training.losses import l0
 from sae_lens_e2e.training.splice import hook_layer, run_prefix, run_suffix
 from sae_lens_e2e.training.validation import check_sae_fits
 
@@ -70,11 +71,6 @@ class _Accumulator:
     ev_per_token: dict[str, _Mean] = field(default_factory=dict)
 
 
-def _token_ce(model: HookedTransformer, logits: torch.Tensor, tokens: torch.Tensor) -> float:
-    """Sum of next-token CE over every predicted position (token-weighted)."""
-    return model.loss_fn(logits.float(), tokens, per_token=True).sum().item()
-
-
 def _zero_hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
     return torch.zeros_like(act)
 
@@ -96,7 +92,7 @@ def _add_batch(
     posts = sorted({h for saes in sae_sets.values() for h in _downstream_posts(model, saes)})
     resid = run_prefix(model, tokens, start)
     clean = run_suffix(model, resid, start, cache_hooks=posts)
-    ce_clean = _token_ce(model, clean.logits, tokens)
+    ce_clean = next_token_ce_sum(model, clean.resid_final, tokens)
     n_tokens = tokens.numel()
     for label, saes in sae_sets.items():
         acc = accs[label]
@@ -104,10 +100,10 @@ def _add_batch(
         posts_after = [p for p in _downstream_posts(model, saes) if p not in saes]
         spliced = run_suffix(model, resid, start, saes=saes, cache_hooks=posts_after)
         with model.hooks(fwd_hooks=[(h, _zero_hook) for h in saes]):
-            zero_logits = model(resid, start_at_layer=start)
-        acc.ce_sae += _token_ce(model, spliced.logits, tokens)
-        acc.ce_zero += _token_ce(model, zero_logits, tokens)
-        acc.kl += logits_kl(spliced.logits, clean.logits).item() * n_tokens
+            zero = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
+        acc.ce_sae += next_token_ce_sum(model, spliced.resid_final, tokens)
+        acc.ce_zero += next_token_ce_sum(model, zero, tokens)
+        acc.kl += residual_kl(model, spliced.resid_final, clean.resid_final).item() * n_tokens
         for h in saes:
             acts = spliced.feature_acts[h].flatten(0, -2)
             acc.l0[h] = acc.l0.get(h, 0.0) + l0(acts).item() * n_tokens

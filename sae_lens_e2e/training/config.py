@@ -29,6 +29,7 @@ from sae_lens.saes.topk_sae import TopKSAEConfig
 
 Strategy = Literal["local", "e2e", "e2e_ds"]
 STRATEGIES: tuple[str, ...] = ("local", "e2e", "e2e_ds")
+KL_BALANCES: tuple[str, ...] = ("fixed", "per_step")
 KERNEL_BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
 
 # Paper defaults per strategy: (kl, out_to_in, in_to_orig). e2e_ds used in_to_orig 2.5 at
@@ -48,6 +49,8 @@ class LossCoefficients:
     sparsity: float
     out_to_in: float
     in_to_orig: float
+    # "per_step": the KL's weight is also multiplied by alpha = (out_to_in / KL).detach()
+    kl_balance: str = "fixed"
 
 
 @dataclass(kw_only=True)
@@ -77,6 +80,14 @@ class E2ETrainingMixin:
     # Warm start from a SAELens release via SAE.from_pretrained (e.g. a Gemma Scope SAE).
     warm_start_release: str | None = None
     warm_start_sae_id: str | None = None
+    # Tokens per chunk when the KL and CE are taken from the final residuals (the logits are
+    # never held whole: training/logits.py); None picks it from a memory budget.
+    logits_chunk_tokens: int | None = None
+    # "per_step": the published Gemma Scope / Karvonen KL fine-tune, which weighs KL and the
+    # SAE's reconstruction MSE (out_to_in) equally at every step:
+    # loss = (alpha * KL + MSE) / 2 with alpha = (MSE / KL).detach(), sparsity and in_to_orig
+    # weighted as configured; alpha is logged as `kl_alpha`.
+    kl_balance: Literal["fixed", "per_step"] = "fixed"
 
     def validate_e2e_fields(self) -> None:
         """Reject bad values early, with the field name in the message."""
@@ -96,7 +107,26 @@ class E2ETrainingMixin:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.logits_chunk_tokens is not None and self.logits_chunk_tokens < 1:
+            raise ValueError(
+                f"logits_chunk_tokens must be >= 1 or None, got {self.logits_chunk_tokens}"
+            )
+        self._validate_kl_balance()
         self._validate_schedule_and_warm_start()
+
+    def _validate_kl_balance(self) -> None:
+        if self.kl_balance not in KL_BALANCES:
+            raise ValueError(f"kl_balance={self.kl_balance!r} is not one of {KL_BALANCES}")
+        if self.kl_balance == "fixed":
+            return
+        if self.strategy == "local":
+            raise ValueError("kl_balance='per_step' needs strategy 'e2e' or 'e2e_ds', got 'local'")
+        for name in ("kl_coefficient", "out_to_in_coefficient"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} with kl_balance='per_step', which weighs KL "
+                    "and out_to_in 1/2 each (KL times alpha): leave it unset"
+                )
 
     def _validate_schedule_and_warm_start(self) -> None:
         fraction = self.e2e_start_fraction
@@ -115,6 +145,12 @@ class E2ETrainingMixin:
 
     def loss_coefficients(self) -> LossCoefficients:
         kl, out_to_in, in_to_orig = _DEFAULT_COEFFICIENTS[self.strategy]
+        if self.kl_balance == "per_step" and self.strategy != "local":
+            return LossCoefficients(
+                kl=0.5, sparsity=self.sparsity_coefficient(), out_to_in=0.5,
+                in_to_orig=in_to_orig if self.in_to_orig_coefficient is None
+                else self.in_to_orig_coefficient, kl_balance="per_step",
+            )  # fmt: skip
         return LossCoefficients(
             kl=kl if self.kl_coefficient is None else self.kl_coefficient,
             sparsity=self.sparsity_coefficient(),
@@ -193,6 +229,8 @@ class E2EJumpReLUTrainingSAEConfig(E2ETrainingMixin, JumpReLUTrainingSAEConfig):
     # SAELens's default 1.0 weighs the L0 (tens of latents) against a summed MSE; here it
     # weighs against a KL of a fraction of a nat, so the default is smaller.
     l0_coefficient: float = 0.01
+    # Keep the (e.g. Gemma Scope) threshold as loaded: the published KL fine-tunes freeze it.
+    freeze_threshold: bool = False
 
     @classmethod
     def architecture(cls) -> str:

@@ -42,6 +42,8 @@ class _ThresholdSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_acts, g_out):  # type: ignore[override]
         pre, threshold, W_dec = ctx.saved_tensors
+        if not ctx.needs_input_grad[3]:  # a frozen threshold (freeze_threshold)
+            return g_acts, g_out, None, None, None, None, None
         thr = threshold.to(pre.dtype)
         window = rectangle((pre - thr).div_(ctx.bandwidth)) != 0
         n_window = int(window.sum())  # the backward's one host sync

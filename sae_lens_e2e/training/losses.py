@@ -16,13 +16,16 @@ from transformer_lens import HookedTransformer
 
 from sae_lens_e2e import kernels
 from sae_lens_e2e.training.config import E2ETrainingMixin, LossCoefficients
+from sae_lens_e2e.training.logits import residual_kl
 from sae_lens_e2e.training.splice import SplicedRun, hook_layer, run_prefix, run_suffix
 
 
 def logits_kl(
     new_logits: torch.Tensor, orig_logits: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
-    """Per-token mean of KL(P_orig || P_new) over flattened [tokens, vocab] logits.
+    """Per-token mean of KL(P_orig || P_new) over flattened [tokens, vocab] logits: the
+    reference's logits_kl on materialised logits. The loss itself takes the same KL from the
+    final residuals chunk by chunk (logits.residual_kl); this is its oracle.
 
     The fused kernel accumulates in fp32 itself; the PyTorch path gets fp32 copies.
     """
@@ -98,7 +101,8 @@ def compute_loss_terms(
 ) -> dict[str, torch.Tensor]:
     """Loss terms of one batch of tokens [batch, pos] with `saes` (hook name -> SAE) spliced in.
 
-    Returns `kl`, `sparsity`, `in_to_orig`, `out_to_in`, `loss`, `l0` and per-hook `l0/<hook>`.
+    Returns `kl`, `sparsity`, `in_to_orig`, `out_to_in`, `loss`, `l0` and per-hook `l0/<hook>`
+    (and `kl_alpha` with kl_balance='per_step').
     With `all_terms=False`, terms whose weight is zero and that would need extra model
     compute (KL and in_to_orig for `local`) are skipped, as the trainer does off log steps.
     """
@@ -131,7 +135,12 @@ def compute_loss_terms(
     terms = {"kl": zero, "in_to_orig": zero, **local_terms(saes, spliced, coeffs)}
     if clean is not None and need_logits:
         with _graph_if(coeffs.kl):
-            terms["kl"] = logits_kl(spliced.logits, clean.logits, e2e_cfg.kernels)
+            terms["kl"] = residual_kl(
+                model, spliced.resid_final, clean.resid_final, backend=e2e_cfg.kernels,
+                chunk=e2e_cfg.logits_chunk_tokens,
+            )  # fmt: skip
+    if coeffs.kl_balance == "per_step" and clean is not None and need_logits:
+        terms["kl_alpha"] = (terms["out_to_in"] / terms["kl"].clamp_min(1e-12)).detach()
     if clean is not None and need_downstream:
         with _graph_if(coeffs.in_to_orig):
             in_to_orig = [mse(spliced.acts[h], clean.acts[h]) for h in plan.downstream_hooks]
@@ -169,5 +178,6 @@ def weighted_loss(terms: Mapping[str, torch.Tensor], coeffs: LossCoefficients) -
         "out_to_in": coeffs.out_to_in,
         "in_to_orig": coeffs.in_to_orig,
     }
-    weighted = [w * terms[name] for name, w in weights.items() if w != 0]
+    scale = {"kl": terms["kl_alpha"]} if "kl_alpha" in terms else {}
+    weighted = [w * scale.get(name, 1.0) * terms[name] for name, w in weights.items() if w != 0]
     return torch.stack(weighted).sum() if weighted else torch.zeros_like(terms["sparsity"])

@@ -169,6 +169,10 @@ class E2EJumpReLUTrainingSAE(E2ESAEMixin, JumpReLUTrainingSAE):  # type: ignore[
     def activation_name(self) -> str:
         return "jumprelu"
 
+    def __init__(self, cfg: E2EJumpReLUTrainingSAEConfig, use_error_term: bool = False) -> None:
+        super().__init__(cfg, use_error_term)
+        self.threshold.requires_grad_(not cfg.freeze_threshold)
+
     def _project_threshold(self) -> None:
         """Keep the threshold >= 0 by projection, as SAELens's training_forward_pass does."""
         with torch.no_grad():

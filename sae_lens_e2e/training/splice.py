@@ -33,9 +33,11 @@ def hook_layer(hook_name: str) -> int:
 
 @dataclass
 class SplicedRun:
-    """What one suffix run produced; SAE entries are empty for the clean run."""
+    """What one suffix run produced; SAE entries are empty for the clean run. A run to the
+    end stops at the final residual (before ln_final): logits.py takes the logits from it a
+    token chunk at a time, so the [tokens, vocab] tensor never exists."""
 
-    logits: torch.Tensor | None = None
+    resid_final: torch.Tensor | None = None
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
     sae_in: dict[str, torch.Tensor] = field(default_factory=dict)
     sae_out: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -59,7 +61,7 @@ def run_suffix(
     stop_layer: int | None = None,
     checkpoint_layers: Iterable[int] = (),
 ) -> SplicedRun:
-    """Blocks `start_layer..stop_layer` (and the unembed when stop_layer is None).
+    """Blocks `start_layer..stop_layer` (to the last block when stop_layer is None).
 
     SAEs replace the activation at their hook with their reconstruction; `cache_hooks` are
     recorded as they flow (with their graph, so losses can be taken on them).
@@ -70,10 +72,11 @@ def run_suffix(
     ]
     for name, sae in (saes or {}).items():
         fwd_hooks.append((name, partial(_sae_hook, sae=sae, run=run, name=name)))
+    last = model.cfg.n_layers if stop_layer is None else stop_layer
     with model.hooks(fwd_hooks=fwd_hooks), checkpointed_blocks(model, checkpoint_layers):
-        out = model(resid, start_at_layer=start_layer, stop_at_layer=stop_layer)
+        out = model(resid, start_at_layer=start_layer, stop_at_layer=last)
     if stop_layer is None:
-        run.logits = out
+        run.resid_final = out
     return run
 
 
