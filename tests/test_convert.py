@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -427,3 +430,73 @@ def test_cli_help_lists_sources(capsys) -> None:
         main(["convert", "--help"])
     assert info.value.code == 0
     assert "wandb:ENTITY/PROJECT/RUN_ID" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ names from files never escape
+
+
+def _outside_entries(tmp_path: Path, out: Path) -> list[str]:
+    """Everything under tmp_path that is neither the sources nor inside `out`."""
+    return sorted(
+        str(p.relative_to(tmp_path))
+        for p in tmp_path.rglob("*")
+        if not p.is_relative_to(out) and not p.is_relative_to(tmp_path / "src")
+    )
+
+
+@pytest.mark.parametrize("prefix", ["ABS", "../../escaped", "..-..-escaped", "a/b"])
+def test_key_prefix_that_is_a_path_is_refused_and_nothing_escapes(tmp_path, capsys, prefix):
+    out = tmp_path / "deep" / "er" / "out"
+    if prefix == "ABS":  # a folder without '-' (which the reader turns into '.')
+        prefix = str(Path(tempfile.mkdtemp(prefix="e2e_abs_")) / "escaped")
+    sd = {f"{prefix}.{k}": v for k, v in make_reference_sd([HOOK], prefixed=False).items()}
+    ckpt, _ = write_checkpoint(tmp_path / "src", sd, {"tlens_model_name": "gpt2"})
+    # Where the hook's folder would land: the key prefix with '-' read back as '.'.
+    target = Path(os.path.normpath(out / "samples_400000" / prefix.replace("-", ".")))
+    assert not target.exists()
+    try:
+        assert main(["convert", str(ckpt), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "is not a hook name" in err and len(err.strip().splitlines()) == 1, err
+        assert _outside_entries(tmp_path, out) == [] and not out.exists()
+        assert not target.exists()
+    finally:  # the folder made outside tmp_path
+        if not target.is_relative_to(tmp_path):
+            shutil.rmtree(target.parent)
+
+
+def test_yaml_position_that_is_a_path_is_refused_for_an_unprefixed_file(tmp_path, capsys):
+    out = tmp_path / "deep" / "er" / "out"
+    sd = make_reference_sd([HOOK], normalized=True, prefixed=False)
+    ckpt, _ = write_checkpoint(tmp_path / "src", sd, make_reference_config("../../../x.y"))
+    assert main(["convert", str(ckpt), "--out", str(out)]) == 1
+    assert "sae_positions" in capsys.readouterr().err
+    assert _outside_entries(tmp_path, out) == [] and not out.exists()
+
+
+@pytest.mark.parametrize("spec", ["hf:org/repo/..", "hf:org/repo/.", "hf:org/repo/.hidden"])
+def test_hub_stem_that_is_not_a_folder_name_is_refused(tmp_path, capsys, spec):
+    assert main(["convert", spec, "--out", str(tmp_path / "out")]) == 1
+    assert "not a Hugging Face file spec" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_written_path_is_proven_inside_the_output_folder(tmp_path):
+    from sae_lens_e2e.names import inside
+
+    assert inside(tmp_path, "a", "b.c") == tmp_path / "a" / "b.c"
+    for parts in [("..",), ("a", "../../b"), ("/etc",), (".",), ("a/../..",)]:
+        with pytest.raises(ValueError, match="not inside"):
+            inside(tmp_path, *parts)
+    converted = {"../x": ({"d_in": 1}, {})}
+    with pytest.raises(E2EConversionError, match="not a hook name"):
+        conv.write_saelens_folders(converted, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_a_hook_name_that_is_not_one(tmp_path):
+    sae = make_standard_sae(False)
+    sae.cfg.metadata.hook_name = "../../x"
+    with pytest.raises(E2EConversionError, match="is not a hook name"):
+        export.export_reference_checkpoint(sae, tmp_path / "o.pt")
+    assert list(tmp_path.iterdir()) == []

@@ -278,6 +278,7 @@ def test_a_killed_runs_temporary_folder_is_removed_on_the_next_start(tmp_path, m
     ("args", "message"),
     [
         (["--hook", "blocks.7.hook_resid_pre"], "does not exist"),
+        (["--hook", "../../x"], "hook: '../../x' is not a hook name"),
         (["--training-tokens", str(10**9)], "lower --training-tokens"),
         (["--coefficients", "local=1,1"], "repeat"),
         (["--coefficients", "bogus=1"], "STRATEGY=L1"),

@@ -164,6 +164,11 @@ def _no_model(*args, **kwargs):
         ({"seqpos_slice": ["a"]}, "seqpos_slice[0]: expected an integer or null"),
         ({"lr": float("nan")}, "lr: must be a finite number"),
         ({"adam_beta1": 1.5}, "adam_beta1: must be >= 0 and <= 1, got 1.5"),
+        ({"hook_name": "../../x"}, "hook_name: '../../x' is not a hook name"),
+        (
+            {"sae": {**SAE_FIELDS, "additional_hook_names": ["/abs/x"]}},
+            "sae.additional_hook_names: '/abs/x' is not a hook name",
+        ),
     ],
 )
 def test_wrong_type_or_range_is_one_line_before_any_work(

@@ -66,9 +66,10 @@ def run_convert(args: argparse.Namespace) -> int:
     from sae_lens_e2e.loading.huggingface import push_to_hub
     from sae_lens_e2e.loading.reference_format import E2EConversionError
     from sae_lens_e2e.loading.sources import convert_source, source_name
+    from sae_lens_e2e.names import inside
 
     try:
-        out = args.out / source_name(args.source)
+        out = inside(args.out, source_name(args.source), error=E2EConversionError)
         written = convert_source(
             args.source, out, config=args.config, cache_dir=args.cache_dir,
             local_dir=args.local_dir, force_download=args.force_download,

@@ -55,6 +55,7 @@ def runner_config_from_dict(raw: dict[str, Any], source: str = "config") -> Any:
     from sae_lens.registry import get_sae_training_class
 
     from sae_lens_e2e.training.sae import _ARCHITECTURES, register_e2e_architectures
+    from sae_lens_e2e.training.validation import sae_hook_names
 
     register_e2e_architectures()
     raw = dict(raw)
@@ -73,6 +74,10 @@ def runner_config_from_dict(raw: dict[str, Any], source: str = "config") -> Any:
     # longer supports and answers with a notice on every run; off unless asked for.
     raw.setdefault("dataset_trust_remote_code", False)
     cfg = build_config(source, raw, LanguageModelSAERunnerConfig, sae=sae_cfg)
+    try:  # hook names become folder names: checked here, naming the file
+        sae_hook_names(cfg)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     return keep_null_checkpoint_path(cfg, raw)
 
 

@@ -30,6 +30,7 @@ from sae_lens_e2e.loading.reference_format import (
     load_reference_state_dict,
     split_reference_state_dict,
 )
+from sae_lens_e2e.names import check_hook_name, inside
 
 # ---------------------------------------------------------------------------------------------
 # Reference -> SAELens
@@ -182,11 +183,13 @@ def write_saelens_folders(
     if not converted:
         raise E2EConversionError("nothing to write: no SAEs were converted")
     out = Path(out_dir).absolute()
+    for hook in converted:  # each becomes a folder: a hook name, inside `out`
+        check_hook_name(hook, "SAE position", E2EConversionError)
     check_destination(out, overwrite)
     with atomic_directory(out) as tmp:
         for hook, (cfg, sd) in converted.items():
-            save_saelens_folder(tmp / hook, cfg, sd)
-    return {hook: out / hook for hook in converted}
+            save_saelens_folder(inside(tmp, hook, error=E2EConversionError), cfg, sd)
+    return {hook: inside(out, hook) for hook in converted}
 
 
 def convert_checkpoint(

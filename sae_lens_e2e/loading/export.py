@@ -21,6 +21,7 @@ from sae_lens_e2e.loading.reference_format import (
     E2EConversionError,
     ReferenceSAE,
 )
+from sae_lens_e2e.names import check_hook_name
 from sae_lens_e2e.training.warm_start import unit_decoder_weights
 
 
@@ -42,6 +43,8 @@ def _check_representable(sae: Any) -> None:
         raise E2EConversionError(f"SAE at {name}: per-head (hook_z) SAEs cannot be exported")
     if sae.cfg.metadata.hook_name is None:
         raise E2EConversionError("SAE has no metadata.hook_name; the reference keys need it")
+    # The key prefix is the hook with '.' -> '-', read back as a folder name by converters.
+    check_hook_name(sae.cfg.metadata.hook_name, "SAE metadata.hook_name", E2EConversionError)
     extra = sorted(set(sae.state_dict()) - {"W_enc", "b_enc", "W_dec", "b_dec"})
     if extra:
         raise E2EConversionError(f"SAE at {name}: parameters {extra} have no reference equivalent")

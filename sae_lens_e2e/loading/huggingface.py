@@ -26,6 +26,7 @@ from sae_lens_e2e.loading.source_files import (
     resolve_local_dir,
 )
 from sae_lens_e2e.loading.wandb import DEFAULT_WANDB_PROJECT
+from sae_lens_e2e.names import is_folder_name
 from sae_lens_e2e.preflight import hub_offline_reason
 
 DEFAULT_HF_REPO = "apollo-research/e2e-saes-gpt2"
@@ -37,10 +38,12 @@ def parse_hf_spec(spec: str) -> tuple[str, str]:
     parts = s.split("/")
     if len(parts) == 1:
         parts = [*DEFAULT_HF_REPO.split("/"), parts[0]]
-    if len(parts) != 3 or not all(parts):
+    if len(parts) == 3:
+        parts[2] = re.sub(r"\.(pt|yaml)$", "", parts[2])
+    # The stem names the conversion's folder and the files read: a plain file name only.
+    if len(parts) != 3 or not all(is_folder_name(p) for p in parts):
         raise E2ESourceError(f"'{spec}' is not a Hugging Face file spec; expected ORG/REPO/STEM")
-    stem = re.sub(r"\.(pt|yaml)$", "", parts[2])
-    return f"{parts[0]}/{parts[1]}", stem
+    return f"{parts[0]}/{parts[1]}", parts[2]
 
 
 def _hf_download(repo_id: str, filename: str, cache_dir: Path | None, force: bool) -> Path:
@@ -111,6 +114,8 @@ def push_to_hub(
         raise E2EConversionError(f"{sae_dir}: not a SAELens folder (cfg.json + weights)")
     SAE.load_from_disk(sae_dir)  # refuse to publish something stock SAELens cannot load
     sae_id = (path_in_repo or sae_dir.name).strip("/")
+    if not all(is_folder_name(part) for part in sae_id.split("/")):
+        raise E2EConversionError(f"{sae_id!r} is not a folder path for the hub repo")
     try:
         api = huggingface_hub.HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import yaml
 
+from sae_lens_e2e.names import check_hook_name
+
 SAE_CFG_FILENAME = "cfg.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
 REFERENCE_CONFIG_FILENAME = "final_config.yaml"
@@ -153,6 +155,8 @@ def parse_reference_config(raw: dict[str, Any], where: str = "config") -> Refere
         not isinstance(positions, list) or not all(isinstance(p, str) and p for p in positions)
     ):
         raise E2EConversionError(f"{where}: saes.sae_positions must be a name or list of names")
+    for position in positions or []:  # parts of hook names, e.g. 'hook_resid_pre', 'blocks.6'
+        check_hook_name(position.strip("."), f"{where}: saes.sae_positions", E2EConversionError)
     ratio = saes.get("dict_size_to_input_ratio")
     if ratio is not None and (
         isinstance(ratio, bool)
@@ -221,11 +225,14 @@ def _group_keys(sd: Mapping[str, torch.Tensor], where: str) -> dict[str, dict[st
 
 
 def _hook_for_prefix(prefix: str, positions: list[str] | None, where: str) -> str:
-    """Key prefixes are hook names with '-' for '.'; un-prefixed files name it in the config."""
+    """Key prefixes are hook names with '-' for '.'; un-prefixed files name it in the config.
+    Either becomes a folder name, so it must have the form of a hook name."""
     if prefix:
-        return prefix.replace("-", ".")
+        return check_hook_name(
+            prefix.replace("-", "."), f"{where}: key prefix {prefix!r}", E2EConversionError
+        )
     if positions and len(positions) == 1 and "." in positions[0]:
-        return positions[0]
+        return check_hook_name(positions[0], f"{where}: saes.sae_positions", E2EConversionError)
     raise E2EConversionError(
         f"{where}: keys carry no hook-name prefix and the config's saes.sae_positions "
         f"({positions}) does not name exactly one full hook, so the SAE position is unknown"

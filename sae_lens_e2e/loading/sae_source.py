@@ -26,6 +26,7 @@ from sae_lens_e2e.loading.paper import (
 from sae_lens_e2e.loading.reference_format import SAE_CFG_FILENAME
 from sae_lens_e2e.loading.sources import hf_converter, load_e2e_sae, wandb_converter
 from sae_lens_e2e.loading.wandb import parse_wandb_path
+from sae_lens_e2e.names import check_hook_name
 
 
 @dataclass
@@ -106,4 +107,5 @@ def load_source(
     hook = sae.cfg.metadata.hook_name
     if not hook:
         raise SourceUnavailableError(f"SOURCE {spec!r}: the SAE records no metadata.hook_name")
+    check_hook_name(hook, f"SOURCE {spec!r}: metadata.hook_name", SourceUnavailableError)
     return SourceSAE(spec, sae, hook, paper)

@@ -12,6 +12,7 @@ from sae_lens import LanguageModelSAERunnerConfig
 
 from sae_lens_e2e import paper_settings
 from sae_lens_e2e.config_fields import build_config, check_fields
+from sae_lens_e2e.names import check_hook_name
 from sae_lens_e2e.quickstart.tiny_lm import TinyLMConfig
 from sae_lens_e2e.training.config import STRATEGIES, E2EStandardTrainingSAEConfig
 
@@ -138,6 +139,8 @@ class QuickstartConfig:
                 "--model and --dataset go together (a TransformerLens model and a Hugging Face "
                 "dataset); give neither for the offline tiny-model run"
             )
+        if self.hook is not None:  # the SAE folders are named by it
+            check_hook_name(self.hook, "config: hook")
         unknown = sorted(set(self.strategies) - set(RUN_KINDS))
         if unknown or not self.strategies:
             raise ValueError(f"strategies must be a non-empty subset of {RUN_KINDS}, got {unknown}")

@@ -21,6 +21,7 @@ from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from safetensors.torch import load_file
 
 from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries
+from sae_lens_e2e.names import inside
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
 CHECKPOINT_PREFIX = "step_"
@@ -80,7 +81,7 @@ def write_checkpoint(
     final = run_folder / f"{CHECKPOINT_PREFIX}{step:09d}"
     with atomic_directory(final) as tmp:
         for hook, sae in saes.items():
-            sae.save_model(tmp / "saes" / hook)
+            sae.save_model(inside(tmp / "saes", hook))
         torch.save(trainer_state, tmp / TRAINER_STATE_FILENAME)
     return final
 

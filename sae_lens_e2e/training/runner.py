@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from sae_lens_e2e.analysis.evaluation import alive_tokens_note, dead_latent_warnings, evaluate
 from sae_lens_e2e.atomic import atomic_directory, atomic_file
+from sae_lens_e2e.names import inside
 from sae_lens_e2e.training import warm_start
 from sae_lens_e2e.training.checkpoints import TrainingInterrupted
 from sae_lens_e2e.training.cost import run_flops
@@ -205,7 +206,7 @@ class E2ESAETrainingRunner:
         `output_path` (e.g. checkpoints) is left alone, as SAELens's runner does.
         """
         for hook, sae in self.saes.items():
-            with atomic_directory(output_path / hook) as tmp:
+            with atomic_directory(inside(output_path, hook)) as tmp:
                 sae.save_inference_model(tmp)
                 density = results[f"log10_feature_density/{hook}"]
                 save_file({"sparsity": density.contiguous()}, tmp / SPARSITY_FILENAME)

@@ -14,6 +14,7 @@ from sae_lens.config import LanguageModelSAERunnerConfig
 from transformer_lens import HookedTransformer
 
 from sae_lens_e2e.kernels import resolve_backend
+from sae_lens_e2e.names import check_hook_name
 from sae_lens_e2e.preflight import check_device
 from sae_lens_e2e.training.config import E2ETrainingMixin
 from sae_lens_e2e.training.splice import hook_layer
@@ -23,6 +24,11 @@ def sae_hook_names(cfg: LanguageModelSAERunnerConfig[Any]) -> list[str]:
     """The run's SAE positions: `hook_name` plus the e2e config's additional ones."""
     e2e: E2ETrainingMixin = cfg.sae  # type: ignore[assignment]
     names = [cfg.hook_name, *e2e.additional_hook_names]
+    fields = [("hook_name", [cfg.hook_name]), ("sae.additional_hook_names", names[1:]),
+              ("sae.downstream_hooks", e2e.downstream_hooks or [])]  # fmt: skip
+    for field, values in fields:  # SAE hooks become output and checkpoint folder names
+        for name in values:
+            check_hook_name(name, field)
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise ValueError(f"SAE hook names listed twice: {sorted(duplicates)}")
