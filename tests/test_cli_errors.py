@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from test_train_cli import _write_config
 
 from sae_lens_e2e import cli, preflight
 from sae_lens_e2e.cli.errors import user_message
+from sae_lens_e2e.sae_files import read_safetensors
 from sae_lens_e2e.training.trainer import E2ETrainer, NonFiniteLossError
 
 
@@ -156,3 +158,28 @@ def test_help_imports_nothing_heavy():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]", "True"], done.stdout
+
+
+def _huge_header(folder: Path) -> Path:
+    """Make the weights file of a SAELens folder claim a 50 GB header."""
+    weights = folder / "sae_weights.safetensors"
+    weights.write_bytes(struct.pack("<Q", 50_000_000_000) + weights.read_bytes()[8:])
+    return weights
+
+
+def test_safetensors_header_claiming_50_gb_is_one_line(tmp_path, capsys):
+    from e2e_helpers import stock_sae_folder
+
+    folder = stock_sae_folder(tmp_path / "sae", 16, "blocks.1.hook_resid_pre")
+    weights = _huge_header(folder)
+    for argv in (
+        ["export", str(folder), "--out", str(tmp_path / "x.pt")],
+        ["evaluate", str(folder), "--model", "gpt2", "--out", str(tmp_path / "r"), "--quiet"],
+    ):
+        assert cli.main(argv) != 0
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert str(folder) in err and "header too large" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+    with pytest.raises(ValueError, match=f"{weights}: not a readable safetensors file"):
+        read_safetensors(weights)

@@ -25,17 +25,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from sae_lens import SAE
-
     from sae_lens_e2e.loading.export import export_reference_checkpoint
     from sae_lens_e2e.loading.reference_format import E2EConversionError
+    from sae_lens_e2e.sae_files import load_sae_folder
 
     try:
         saes = []
         for d in args.sae_dirs:
             if not (d / "cfg.json").is_file():
                 raise E2EConversionError(f"{d}: not a SAELens folder (no cfg.json)")
-            saes.append(SAE.load_from_disk(d))
+            saes.append(load_sae_folder(d))
         pt, cfg = export_reference_checkpoint(saes, args.out, args.config_out, args.overwrite)
     except E2EConversionError as e:
         return fail(str(e))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub import errors as hf_errors
-from sae_lens import SAE
 
 from sae_lens_e2e.loading.paper import hf_files
 from sae_lens_e2e.loading.reference_format import (
@@ -28,6 +27,7 @@ from sae_lens_e2e.loading.source_files import (
 from sae_lens_e2e.loading.wandb import DEFAULT_WANDB_PROJECT
 from sae_lens_e2e.names import is_folder_name
 from sae_lens_e2e.preflight import hub_offline_reason
+from sae_lens_e2e.sae_files import load_sae_folder
 
 DEFAULT_HF_REPO = "apollo-research/e2e-saes-gpt2"
 
@@ -112,7 +112,7 @@ def push_to_hub(
     sae_dir = Path(sae_dir)
     if not (sae_dir / SAE_CFG_FILENAME).is_file() or not (sae_dir / SAE_WEIGHTS_FILENAME).is_file():
         raise E2EConversionError(f"{sae_dir}: not a SAELens folder (cfg.json + weights)")
-    SAE.load_from_disk(sae_dir)  # refuse to publish something stock SAELens cannot load
+    load_sae_folder(sae_dir)  # refuse to publish something stock SAELens cannot load
     sae_id = (path_in_repo or sae_dir.name).strip("/")
     if not all(is_folder_name(part) for part in sae_id.split("/")):
         raise E2EConversionError(f"{sae_id!r} is not a folder path for the hub repo")

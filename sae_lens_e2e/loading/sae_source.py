@@ -16,6 +16,7 @@ from typing import Any
 
 from huggingface_hub import errors as hf_errors
 from sae_lens import SAE
+from safetensors import SafetensorError
 
 from sae_lens_e2e.loading.huggingface import parse_hf_spec
 from sae_lens_e2e.loading.paper import (
@@ -27,6 +28,7 @@ from sae_lens_e2e.loading.reference_format import SAE_CFG_FILENAME
 from sae_lens_e2e.loading.sources import hf_converter, load_e2e_sae, wandb_converter
 from sae_lens_e2e.loading.wandb import parse_wandb_path
 from sae_lens_e2e.names import check_hook_name
+from sae_lens_e2e.sae_files import load_sae_folder
 
 
 @dataclass
@@ -68,7 +70,7 @@ def _load(spec: str, device: str, kw: dict[str, Any]) -> tuple[Any, PaperSAE | N
     if Path(spec).is_dir():
         if not (Path(spec) / SAE_CFG_FILENAME).is_file():
             raise SourceUnavailableError(f"SOURCE {spec!r}: folder has no {SAE_CFG_FILENAME}")
-        sae = SAE.load_from_disk(spec, device=device)
+        sae = load_sae_folder(spec, device=device)
     elif spec.startswith("paper:"):
         entry = parse_paper_spec(spec)
         sae = load_e2e_sae(entry.sae_type, entry.layer, entry.selection, device=device, **kw)[0]
@@ -102,7 +104,14 @@ def load_source(
         sae, paper = _load(spec, device, kw)
     except SourceUnavailableError:
         raise
-    except (ValueError, OSError, KeyError, RuntimeError, hf_errors.EntryNotFoundError) as err:
+    except (
+        ValueError,
+        OSError,
+        KeyError,
+        RuntimeError,
+        SafetensorError,
+        hf_errors.EntryNotFoundError,
+    ) as err:
         raise SourceUnavailableError(f"cannot load SOURCE {spec!r}: {_one_line(err)}") from err
     hook = sae.cfg.metadata.hook_name
     if not hook:

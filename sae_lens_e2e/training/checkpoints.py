@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 from sae_lens.constants import SAE_WEIGHTS_FILENAME
-from safetensors.torch import load_file
 
 from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries
 from sae_lens_e2e.names import inside
+from sae_lens_e2e.sae_files import read_safetensors
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
 CHECKPOINT_PREFIX = "step_"
@@ -141,7 +141,7 @@ def load_sae_weights(path: Path, saes: Mapping[str, Any]) -> None:
         )
     weights = {}
     for hook, sae in saes.items():
-        sd = load_file(folder / hook / SAE_WEIGHTS_FILENAME, device=str(sae.W_enc.device))
+        sd = read_safetensors(folder / hook / SAE_WEIGHTS_FILENAME, device=str(sae.W_enc.device))
         _check_fits(path, hook, sd, sae)
         bad = non_finite(sd.items())
         if bad:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from sae_lens.saes.sae import SAE
 
+from sae_lens_e2e.sae_files import load_sae_folder
 from sae_lens_e2e.training.config import E2ETrainingMixin
 
 # Source architecture -> the e2e architecture that represents it exactly.
@@ -118,7 +119,7 @@ def load_sources(
         path = Path(runner_cfg.from_pretrained_path)
         if not path.exists():
             raise FileNotFoundError(f"from_pretrained_path {path} does not exist")
-        sources = {runner_cfg.hook_name: SAE.load_from_disk(path, device=device)}
+        sources = {runner_cfg.hook_name: load_sae_folder(path, device=device)}
     elif release is not None:
         sources = {runner_cfg.hook_name: SAE.from_pretrained(release, sae_id, device=device)}
     else:

@@ -19,6 +19,7 @@ from sae_lens_e2e.analysis.geometry.results import (
     GeometryResult,
 )
 from sae_lens_e2e.analysis.geometry.similarity import max_cosine_cross, max_cosine_within
+from sae_lens_e2e.sae_files import load_sae_folder
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -161,4 +162,4 @@ def load_sae(
             f"no SAELens SAE folder at {path} (expected {path / 'cfg.json'}); "
             "to load from a SAELens release pass sae_id=..."
         )
-    return SAE.load_from_disk(path, device=device)
+    return load_sae_folder(path, device=device)
