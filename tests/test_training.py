@@ -85,6 +85,11 @@ def test_saved_sae_loads_in_stock_saelens_and_matches(tmp_path, architecture):
     assert cfg_json["apply_b_dec_to_input"] is False
     assert cfg_json["metadata"]["model_name"] == "tiny-test-model"
     assert (folder / "sparsity.safetensors").is_file()
+    # The run's own record says what the SAE says (no local phase rewrote it).
+    runner_cfg = json.loads((Path(cfg.output_path) / "runner_cfg.json").read_text())
+    for meta in (cfg_json["metadata"], runner_cfg["sae"]["metadata"]):
+        assert meta["training_strategy"] == "e2e", meta
+        assert meta["training_architecture_details"]["strategy"] == "e2e", meta
     # A fresh interpreter that never imports sae_lens_e2e: plain SAELens must load it.
     result = subprocess.run(
         [sys.executable, "-c", STOCK_CHECK, str(folder), str(tmp_path / "xy.pt")],

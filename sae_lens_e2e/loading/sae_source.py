@@ -41,6 +41,17 @@ class SourceSAE:
     paper: PaperSAE | None
 
 
+# What SAELens and the hub raise for a SOURCE that cannot be fetched or read.
+_LOAD_ERRORS = (
+    ValueError,
+    OSError,
+    KeyError,
+    RuntimeError,
+    SafetensorError,
+    hf_errors.EntryNotFoundError,
+)
+
+
 class SourceUnavailableError(ValueError):
     """A SOURCE cannot be parsed, fetched or loaded; the message is one line naming it."""
 
@@ -104,14 +115,7 @@ def load_source(
         sae, paper = _load(spec, device, kw)
     except SourceUnavailableError:
         raise
-    except (
-        ValueError,
-        OSError,
-        KeyError,
-        RuntimeError,
-        SafetensorError,
-        hf_errors.EntryNotFoundError,
-    ) as err:
+    except _LOAD_ERRORS as err:
         raise SourceUnavailableError(f"cannot load SOURCE {spec!r}: {_one_line(err)}") from err
     hook = sae.cfg.metadata.hook_name
     if not hook:

@@ -11,6 +11,7 @@ measurement behind the default).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,11 @@ class PhaseSchedule:
 
     @classmethod
     def build(cls, cfg: E2ETrainingMixin, total_steps: int) -> PhaseSchedule:
+        # Its own metadata: the copy's __post_init__ records "local" as the training strategy
+        # there, which must not reach the run's config (runner_cfg.json).
         local = dataclasses.replace(
             cfg,  # type: ignore[type-var]
+            metadata=copy.deepcopy(cfg.metadata),  # type: ignore[attr-defined]
             strategy="local",
             kl_coefficient=None,
             out_to_in_coefficient=None,
