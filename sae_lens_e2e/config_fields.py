@@ -22,8 +22,34 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a number (YAML 1.2; PyYAML's 1.1 wants `1.0e-3`)."""
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping gives one key twice; PyYAML would silently keep the last value."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"line {line}: key {key!r} given twice (also on line {first})")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (`lr` twice, two `sae:`)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise DuplicateKeyError(key, line, first[key])
+                first[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Loader(StrictLoader):
+    """StrictLoader that also reads `1e-3` as a number (YAML 1.2; PyYAML's 1.1 wants `1.0e-3`)."""
 
 
 _Loader.add_implicit_resolver(
@@ -38,6 +64,8 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)
+    except DuplicateKeyError as err:
+        raise ValueError(f"config {path}: {err}; keep one") from None
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"cannot read config {path}: {err}") from err
     if not isinstance(raw, dict):

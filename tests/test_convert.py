@@ -500,3 +500,11 @@ def test_export_refuses_a_hook_name_that_is_not_one(tmp_path):
     with pytest.raises(E2EConversionError, match="is not a hook name"):
         export.export_reference_checkpoint(sae, tmp_path / "o.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reference_config_with_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    sd = make_reference_sd([HOOK])
+    text = yaml.safe_dump(make_reference_config(HOOK)) + "tlens_model_name: gpt2-xl\n"
+    ckpt, cfg = write_checkpoint(tmp_path, sd, text)
+    with pytest.raises(E2EConversionError, match="key 'tlens_model_name' given twice"):
+        conv.convert_reference_checkpoint(ckpt, cfg)

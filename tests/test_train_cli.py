@@ -215,3 +215,27 @@ def test_train_prints_no_spurious_warnings(tmp_path, monkeypatch):
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "model_from_pretrained_kwargs" in m], messages
     assert not [m for m in messages if "To copy construct from a tensor" in m], messages
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "line"),
+    [
+        ("lr: 0.5\nlr: 0.001\n", "lr", 2),
+        ("sae:\n  d_in: 16\n  l1_coefficient: 1.0\n  l1_coefficient: 50.0\n", "l1_coefficient", 4),
+        ("sae:\n  d_in: 16\nsae:\n  d_sae: 32\n", "sae", 3),
+    ],
+)
+def test_a_key_given_twice_is_one_line_before_any_work(
+    tmp_path, monkeypatch, capsys, extra, key, line
+):
+    """PyYAML keeps the last of two equal keys; a config must not silently lose one."""
+    monkeypatch.setattr("sae_lens_e2e.training.runner.load_model", _no_model)
+    path = _write_config(tmp_path)
+    path.write_text(extra + "\n".join(
+        text for text in path.read_text().splitlines() if not text.startswith(("lr:", "sae:", "  "))
+    ))  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: line {line}: key '{key}' given twice" in err, err
+    assert len(err.strip().splitlines()) == 1

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import yaml
 
+from sae_lens_e2e.config_fields import StrictLoader
 from sae_lens_e2e.names import check_hook_name
 
 SAE_CFG_FILENAME = "cfg.json"
@@ -135,7 +136,7 @@ def load_reference_config(path: str | Path) -> ReferenceConfig:
     path = Path(path)
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=StrictLoader)  # safe_load, refusing repeated keys
     except (OSError, yaml.YAMLError) as e:
         raise E2EConversionError(f"{path}: cannot read the config yaml ({e})") from e
     if not isinstance(raw, dict):
