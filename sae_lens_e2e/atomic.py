@@ -23,7 +23,7 @@ from pathlib import Path
 _TMP, _OLD = ".tmp", ".old"
 
 
-def _host() -> str:
+def host_id() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 
 
@@ -31,7 +31,7 @@ def _create(target: Path, suffix: str, make: Callable[[Path], None]) -> Path:
     """A new `.<name>.<host>-<pid>-<random><suffix>` beside `target`, made by `make`."""
     while True:
         path = target.with_name(
-            f".{target.name}.{_host()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+            f".{target.name}.{host_id()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
         )
         try:
             make(path)
@@ -109,7 +109,7 @@ def remove_stale_temporaries(folder: str | Path, target: str) -> list[Path]:
     removed = []
     for path in sorted(folder.glob(".*")) if folder.is_dir() else []:
         m = pattern.fullmatch(path.name)
-        if m is None or m["host"] != _host() or _alive(int(m["pid"])):
+        if m is None or m["host"] != host_id() or process_alive(int(m["pid"])):
             continue
         if m["suffix"] == _OLD and not (folder / m["target"]).exists():
             os.rename(path, folder / m["target"])
@@ -122,7 +122,7 @@ def remove_stale_temporaries(folder: str | Path, target: str) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -133,6 +133,23 @@ def test_ctrl_c_prints_the_resume_command_which_finishes_the_run(tmp_path, monke
     assert err.startswith("sae-lens-e2e train: error: checkpoint ")
     assert "is at step 5, past the 3 steps this config trains" in err
 
+    # More steps of the same run: only when asked, and only that field.
+    longer = tmp_path / "long.yaml"
+    longer.write_text(
+        path.read_text().replace(f"training_tokens: {64 * 5}", "training_tokens: 448")
+    )
+    for extra, message in [
+        ([], "training_tokens 320 -> 448; to train the same run for another number of steps "
+             "pass --allow-change training_tokens"),
+        (["--allow-change", "lr"], "--allow-change lr: only training_tokens may change"),
+    ]:  # fmt: skip
+        assert cli.main(["train", str(longer), "--resume", str(tmp_path / "ck"), *extra]) == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    argv = ["train", str(longer), "--resume", str(tmp_path / "ck"), "--allow-change",
+            "training_tokens"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in run_folder.iterdir())[-1] == "step_000000007"
+
 
 # ----------------------------------------------------------------------------- typed fields
 

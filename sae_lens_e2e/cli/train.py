@@ -11,7 +11,9 @@ from typing import Any
 
 from sae_lens_e2e.compat import keep_null_checkpoint_path
 from sae_lens_e2e.config_fields import build_config, read_yaml_mapping
+from sae_lens_e2e.locks import check_free
 from sae_lens_e2e.preflight import check_writable, go_offline_if_hub_unreachable
+from sae_lens_e2e.training.resume import check_allowed
 
 EXAMPLE = """\
 example CONFIG.yaml, the paper's GPT-2 layer-6 e2e_ds run (every field of SAELens's
@@ -101,6 +103,15 @@ def add_parser(subparsers: Any) -> None:
         help="a step_* folder, or a folder holding them (e.g. checkpoint_path): the latest "
         "complete checkpoint in it; later checkpoints are written beside it",
     )
+    parser.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="with --resume: let FIELD differ from the config that wrote the checkpoint; only "
+        "training_tokens (the same run for more or fewer steps, on that total's LR schedule). "
+        "Any other change is refused, naming the fields",
+    )
     parser.add_argument("--output", metavar="DIR", help="override output_path")
     parser.add_argument(
         "--dist-timeout",
@@ -118,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_runner_config(args.config)
     if args.resume:
         cfg.resume_from_checkpoint = args.resume
+    allow = check_allowed(f.strip() for text in args.allow_change for f in text.split(","))
+    if allow and cfg.resume_from_checkpoint is None:
+        raise ValueError("--allow-change only applies when resuming (--resume CHECKPOINT)")
     if args.output:
         cfg.output_path = args.output
     check_run_environment(cfg)
@@ -128,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             # SAELens's store builds token tensors from tensors on its pre-tokenised path
             warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-            E2ESAETrainingRunner(cfg, dist_timeout=args.dist_timeout).run()
+            runner = E2ESAETrainingRunner(
+                cfg, dist_timeout=args.dist_timeout, resume_allow_changes=allow
+            )
+            runner.run()
     except KeyboardInterrupt as interrupt:
         print(f"sae-lens-e2e train: {interrupted(interrupt, args)}", file=sys.stderr)
         return 130
@@ -146,6 +163,7 @@ def interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace) -> str:
         return f"interrupted at step {interrupt.step}; no checkpoint was written yet to resume from"
     command = ["sae-lens-e2e", "train", args.config, "--resume", str(checkpoint.parent)]
     command += ["--output", args.output] if args.output else []
+    command += [f"--allow-change={field}" for field in args.allow_change]
     return (
         f"interrupted at step {interrupt.step}; resume with: {shlex.join(command)} "
         f"(from {checkpoint.name})"
@@ -153,9 +171,11 @@ def interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace) -> str:
 
 
 def check_outputs(cfg: Any) -> None:
-    """The folders the run will write to are writable, before the model is even loaded."""
+    """The folders the run will write to are writable and no other run is writing there,
+    before the model is even loaded."""
     if cfg.output_path:
         check_writable(cfg.output_path, "output_path", "pass --output DIR somewhere writable")
+        check_free(cfg.output_path, "output_path")
     if cfg.checkpoint_path and (cfg.n_checkpoints > 0 or cfg.save_final_checkpoint):
         check_writable(cfg.checkpoint_path, "checkpoint_path", "set it to a writable folder")
 

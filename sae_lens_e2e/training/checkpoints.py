@@ -22,6 +22,7 @@ from sae_lens.constants import SAE_WEIGHTS_FILENAME
 from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries
 from sae_lens_e2e.names import inside
 from sae_lens_e2e.sae_files import read_safetensors
+from sae_lens_e2e.training import resume
 
 TRAINER_STATE_FILENAME = "trainer_state.pt"
 CHECKPOINT_PREFIX = "step_"
@@ -70,9 +71,14 @@ def _optimizer_tensors(state: Mapping[str, Any]) -> Tensors:
 
 
 def write_checkpoint(
-    run_folder: Path, step: int, saes: Mapping[str, Any], trainer_state: dict[str, Any]
+    run_folder: Path,
+    step: int,
+    saes: Mapping[str, Any],
+    trainer_state: dict[str, Any],
+    cfg: Any | None = None,
 ) -> Path:
-    """Write `step_<step>/` atomically, refusing if any weight or optimiser value is non-finite."""
+    """Write `step_<step>/` atomically, refusing if any weight or optimiser value is non-finite;
+    with the training config of runner config `cfg` recorded (resume.py)."""
     bad = non_finite([*sae_tensors(saes), *_optimizer_tensors(trainer_state["optimizer"])])
     if bad:
         raise NonFiniteLossError(
@@ -82,6 +88,8 @@ def write_checkpoint(
     with atomic_directory(final) as tmp:
         for hook, sae in saes.items():
             sae.save_model(inside(tmp / "saes", hook))
+        if cfg is not None:
+            resume.write_config(tmp, cfg)
         torch.save(trainer_state, tmp / TRAINER_STATE_FILENAME)
     return final
 
@@ -100,23 +108,32 @@ def _complete(folder: Path) -> list[Path]:
     ]
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A `step_*` folder, or the latest complete one in `path` or in its run folders.
+def resolve_checkpoint(
+    path: str | Path, cfg: Any | None = None, allowed: Iterable[str] = ()
+) -> Path:
+    """A `step_*` folder, the latest complete one of a run folder, or of the one run in a
+    folder of run folders (the configured checkpoint_path) that runner config `cfg` continues
+    (resume.pick_run: several runs of this config, or none, are refused, naming them).
 
-    Latest means most recently written (within one run that is also the highest step).
+    Without `cfg`: the most recently written checkpoint of any run.
     """
     path = Path(path)
     if (path / TRAINER_STATE_FILENAME).is_file():
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    found = _complete(path) or [c for run in sorted(path.glob("*/")) for c in _complete(run)]
-    if not found:
+    if _complete(path):
+        return max(_complete(path), key=lambda p: p.name)  # zero-padded: the highest step
+    latest = {run: max(found, key=lambda p: p.name)
+              for run in sorted(path.glob("*/")) if (found := _complete(run))}  # fmt: skip
+    if not latest:
         raise FileNotFoundError(
             f"no complete checkpoint (a {CHECKPOINT_PREFIX}* folder with "
             f"{TRAINER_STATE_FILENAME}) in {path} or the run folders in it"
         )
-    return max(found, key=lambda p: ((p / TRAINER_STATE_FILENAME).stat().st_mtime, p.name))
+    if cfg is not None:
+        return resume.pick_run(path, latest, cfg, allowed)
+    return max(latest.values(), key=lambda p: (p / TRAINER_STATE_FILENAME).stat().st_mtime)
 
 
 def load_trainer_state(path: Path, device: torch.device, total_steps: int) -> dict[str, Any]:

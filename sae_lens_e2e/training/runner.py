@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,14 @@ from safetensors.torch import save_file
 
 from sae_lens_e2e.analysis.evaluation import alive_tokens_note, dead_latent_warnings, evaluate
 from sae_lens_e2e.atomic import atomic_directory, atomic_file
+from sae_lens_e2e.locks import check_free, folder_lock
 from sae_lens_e2e.names import inside
 from sae_lens_e2e.training import warm_start
 from sae_lens_e2e.training.checkpoints import TrainingInterrupted
 from sae_lens_e2e.training.cost import run_flops
 from sae_lens_e2e.training.distributed import check_split, join_from_env
 from sae_lens_e2e.training.losses import as_e2e_config, downstream_hooks
+from sae_lens_e2e.training.resume import check_allowed
 from sae_lens_e2e.training.sae import register_e2e_architectures
 from sae_lens_e2e.training.trainer import E2ETrainer, TokenStream
 from sae_lens_e2e.training.validation import sae_hook_names, validate_run
@@ -41,6 +45,9 @@ class E2ESAETrainingRunner:
     dict hook name -> SAE. `cfg.from_pretrained_path` does the same from a saved SAE folder,
     `cfg.sae.warm_start_release` + `warm_start_sae_id` from a SAELens release (warm_start.py).
 
+    `resume_allow_changes=["training_tokens"]` lets `cfg.resume_from_checkpoint` continue a
+    run for another number of steps; any other change to what a run trains is refused.
+
     Under torchrun it trains data-parallel (see `distributed.py`): it joins the process group
     (creating it, with `dist_timeout` seconds per collective, if the caller has not), puts
     this rank on cuda:LOCAL_RANK, and only rank 0 logs and writes.
@@ -53,12 +60,17 @@ class E2ESAETrainingRunner:
         override_model: Any | None = None,
         override_sae: SAE[Any] | dict[str, SAE[Any]] | None = None,
         dist_timeout: float | None = None,
+        resume_allow_changes: Iterable[str] = (),
     ) -> None:
         register_e2e_architectures()
         self.cfg = cfg
+        # Fields a resume may change (only training_tokens: see training/resume.py).
+        self.resume_allow_changes = check_allowed(resume_allow_changes)
         self.e2e = as_e2e_config(cfg)
         self.ranks = join_from_env(cfg, dist_timeout)  # before loading: picks this rank's GPU
         self.hooks = sae_hook_names(cfg)
+        if self.ranks.is_main and cfg.output_path is not None:  # before any work; run() locks
+            check_free(cfg.output_path, "output_path")
         # Warm-start sources are loaded and checked before the model: refuse before any work.
         self._warm_start_sources = warm_start.load_sources(cfg, override_sae, "cpu")
         for hook in self._warm_start_sources:
@@ -133,7 +145,27 @@ class E2ESAETrainingRunner:
         )
 
     def run(self) -> dict[str, Any]:
-        """Train, evaluate on held-out tokens, save; returns hook name -> trained SAE."""
+        """Train, evaluate on held-out tokens, save; returns hook name -> trained SAE.
+
+        Rank 0 locks `output_path` and the checkpoint run folder for the run (`locks.py`): a
+        second run into either is refused, naming the run that holds it.
+        """
+        with contextlib.ExitStack() as locks:
+            if self.ranks.is_main and self.cfg.output_path is not None:
+                locks.enter_context(folder_lock(self.cfg.output_path, "output_path"))
+            return self._run(locks)
+
+    def _lock_checkpoints(self, trainer: E2ETrainer, locks: contextlib.ExitStack) -> None:
+        """The run folder this run writes checkpoints into (also when it resumed one)."""
+        periodic = self.cfg.checkpoint_path is not None and self.cfg.n_checkpoints > 0
+        writes = periodic or self.cfg.save_final_checkpoint
+        if not (writes and self.ranks.is_main):
+            return
+        folder = Path(trainer.checkpoint_root or "checkpoints").absolute()
+        if self.cfg.output_path is None or folder != Path(self.cfg.output_path).absolute():
+            locks.enter_context(folder_lock(folder, "checkpoint folder"))
+
+    def _run(self, locks: contextlib.ExitStack) -> dict[str, Any]:
         stream = TokenStream(self.activations_store)
         eval_tokens = self._eval_tokens(stream)
 
@@ -143,8 +175,11 @@ class E2ESAETrainingRunner:
 
         trainer = E2ETrainer(self.cfg, self.model, self.saes, stream, evaluator, self.ranks)
         if self.cfg.resume_from_checkpoint is not None:
-            path = trainer.load_checkpoint(self.cfg.resume_from_checkpoint)
+            path = trainer.load_checkpoint(
+                self.cfg.resume_from_checkpoint, self.resume_allow_changes
+            )
             print(f"resuming from {path} at step {trainer.step}")
+        self._lock_checkpoints(trainer, locks)
         wandb_run = self._init_wandb() if self.ranks.is_main else None
         try:
             start_step, start = trainer.step, time.perf_counter()

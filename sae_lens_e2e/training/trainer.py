@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,6 +20,7 @@ from sae_lens.training.optim import get_lr_scheduler
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from sae_lens_e2e.training import resume
 from sae_lens_e2e.training.checkpoints import (
     CHECKPOINT_PREFIX,
     NonFiniteLossError,
@@ -79,16 +81,7 @@ class E2ETrainer:
         )
         self.total_steps = cfg.total_training_steps
         self.schedule = PhaseSchedule.build(self.e2e, self.total_steps)
-        self.scheduler = get_lr_scheduler(
-            cfg.lr_scheduler_name,
-            optimizer=self.optimizer,
-            training_steps=self.total_steps,
-            lr=cfg.lr,
-            warm_up_steps=cfg.lr_warm_up_steps,
-            decay_steps=cfg.lr_decay_steps,
-            lr_end=cfg.lr_end if cfg.lr_end is not None else cfg.lr / 10,
-            num_cycles=cfg.n_restart_cycles,
-        )
+        self.scheduler = self._lr_scheduler()
         prompts_per_step = cfg.train_batch_size_tokens // cfg.context_size
         # Global micro-batch (sequences): each rank trains on its `ranks.rows` of it.
         self.micro_batch = prompts_per_step // self.e2e.gradient_accumulation_steps
@@ -98,6 +91,19 @@ class E2ETrainer:
         self.checkpoint_root = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
         self.log_every = max(1, cfg.logger.wandb_log_frequency)
         self.eval_every = self.log_every * max(1, cfg.logger.eval_every_n_wandb_logs)
+
+    def _lr_scheduler(self) -> Any:
+        cfg = self.cfg
+        return get_lr_scheduler(
+            cfg.lr_scheduler_name,
+            optimizer=self.optimizer,
+            training_steps=self.total_steps,
+            lr=cfg.lr,
+            warm_up_steps=cfg.lr_warm_up_steps,
+            decay_steps=cfg.lr_decay_steps,
+            lr_end=cfg.lr_end if cfg.lr_end is not None else cfg.lr / 10,
+            num_cycles=cfg.n_restart_cycles,
+        )
 
     # -- one optimiser step ---------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -205,6 +211,17 @@ class E2ETrainer:
 
             wandb.log(scalars, step=self.step)
 
+    def _replay_lr_schedule(self, steps: int) -> None:
+        """A fresh LR schedule for this config's number of steps, advanced `steps` steps (a
+        checkpoint's own schedule ends where its run's old total did)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = self.cfg.lr
+        self.scheduler = self._lr_scheduler()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
+            for _ in range(steps):
+                self.scheduler.step()
+
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, root: str | Path | None = None) -> Path:
         """Write `<root>/step_<n>/` atomically, never with a non-finite value in it."""
@@ -219,22 +236,29 @@ class E2ETrainer:
             "scheduler": self.scheduler.state_dict(),
             **self.ranks.checkpoint_fields(self.cfg),
         }
-        self.last_checkpoint = write_checkpoint(root, self.step, self.saes, state)
+        self.last_checkpoint = write_checkpoint(root, self.step, self.saes, state, self.cfg)
         return self.last_checkpoint
 
-    def load_checkpoint(self, path: str | Path) -> Path:
+    def load_checkpoint(self, path: str | Path, allow_changes: Iterable[str] = ()) -> Path:
         """Restore weights, optimiser, schedule, step and data position from a checkpoint.
 
         `path` is a `step_*` folder, a run folder or the configured checkpoint folder (the
-        latest complete checkpoint in it); later checkpoints go to the same run folder.
+        latest checkpoint of the run in it this config continues); later checkpoints go to
+        the same run folder. A checkpoint of another config is refused (`resume.py`; only
+        `allow_changes` fields may differ).
         """
-        path = resolve_checkpoint(path)
+        allow_changes = resume.check_allowed(allow_changes)
+        path = resolve_checkpoint(path, self.cfg, allow_changes)
         state = load_trainer_state(path, self.params[0].device, self.total_steps)
         self.ranks.check_resume(state, self.cfg, path)
+        resume.check_resume(path, self.cfg, allow_changes)
         load_sae_weights(path, self.saes)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
+        if resume.total_steps_changed(path, self.cfg):  # allowed: this total's LR schedule
+            self._replay_lr_schedule(self.step)
+        else:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.tokens.skip(int(state["n_sequences"]) - self.tokens.n_sequences)
         self.last_checkpoint, self.checkpoint_root = path, path.parent
         return path
