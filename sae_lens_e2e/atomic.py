@@ -10,6 +10,7 @@ writer's host and process id: a later run removes those whose writer was killed
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -21,6 +22,58 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _TMP, _OLD = ".tmp", ".old"
+# The write failures that are the machine's, not ours: disk full, file-size limit, quota, I/O.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
+
+
+class WriteFailedError(OSError):
+    """Writing `filename` failed for a reason of the machine (disk full, file-size limit);
+    the temporary was removed, so nothing half-written is left. `note` adds context (the
+    last good checkpoint)."""
+
+    def __init__(self, code: int, target: str | Path, note: str = "") -> None:
+        super().__init__(code, os.strerror(code), str(target))
+        self.note = note
+
+    def __str__(self) -> str:
+        note = f"; {self.note}" if self.note else ""
+        return (
+            f"{self.strerror} while writing {self.filename} (nothing half-written was left){note}"
+        )
+
+
+def _diagnose(folder: Path) -> int:
+    """Why a writer that reports no errno (torch's "unexpected pos") could not write."""
+    try:
+        if os.statvfs(folder).f_bavail == 0:
+            return errno.ENOSPC
+    except (OSError, AttributeError):
+        pass
+    try:
+        import resource
+
+        if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+            return errno.EFBIG
+    except (ImportError, OSError, ValueError):
+        pass
+    return errno.EIO
+
+
+def write_failure(err: BaseException, target: Path) -> WriteFailedError | None:
+    """`err` as a WriteFailedError naming `target`, if it is the machine's write failure:
+    an OSError (disk full, file too large, ...), safetensors' "(os error N)" or torch's
+    "unexpected pos" / "failed writing" from its zip writer."""
+    if isinstance(err, WriteFailedError):
+        return err
+    if isinstance(err, OSError):
+        return WriteFailedError(err.errno, target) if err.errno in WRITE_ERRNOS else None
+    text = str(err)
+    code = re.search(r"\(os error (\d+)\)", text)
+    if code and int(code.group(1)) in WRITE_ERRNOS:
+        return WriteFailedError(int(code.group(1)), target)
+    if isinstance(err, RuntimeError) and re.search(r"unexpected pos|failed writing", text):
+        return WriteFailedError(_diagnose(target.parent), target)
+    return None
 
 
 def host_id() -> str:
@@ -54,8 +107,11 @@ def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
         yield tmp
         _set_modes(tmp, stat.S_IMODE(tmp.stat().st_mode))
         _replace_directory(tmp, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        failure = write_failure(err, out)
+        if failure is not None and failure is not err:
+            raise failure from err
         raise
 
 
@@ -91,6 +147,11 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except BaseException as err:
+        failure = write_failure(err, path)
+        if failure is not None and failure is not err:
+            raise failure from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

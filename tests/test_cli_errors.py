@@ -183,3 +183,63 @@ def test_safetensors_header_claiming_50_gb_is_one_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
     with pytest.raises(ValueError, match=f"{weights}: not a readable safetensors file"):
         read_safetensors(weights)
+
+
+def test_file_size_limit_during_a_checkpoint_is_one_line_naming_the_last_good_one(
+    tmp_path, monkeypatch, capsys
+):
+    """A real file-size limit (RLIMIT_FSIZE, as `ulimit -f`) while the third checkpoint is
+    written: torch's zip writer fails ("unexpected pos ..."); one line names the checkpoint,
+    the cause and the last good checkpoint, and nothing half-written is left."""
+    resource = pytest.importorskip("resource")
+    from sae_lens_e2e.training import trainer as trainer_module
+
+    monkeypatch.setattr(
+        "sae_lens_e2e.training.runner.load_model", lambda *a, **k: make_tiny_model()
+    )
+    real, calls = trainer_module.write_checkpoint, []
+
+    def limited(run_folder, step, *args, **kwargs):
+        calls.append(step)
+        if len(calls) < 3:
+            return real(run_folder, step, *args, **kwargs)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6000, hard))  # weights fit, Adam's do not
+        try:
+            return real(run_folder, step, *args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    monkeypatch.setattr(trainer_module, "write_checkpoint", limited)
+    path = _write_config(tmp_path, checkpoint_path=str(tmp_path / "ck"), n_checkpoints=5)
+    err = _train(path, capsys)
+    (run,) = (tmp_path / "ck").iterdir()
+    assert err == (
+        f"sae-lens-e2e train: error: File too large while writing {run / 'step_000000003'} "
+        f"(nothing half-written was left); last good checkpoint: {run / 'step_000000002'}; "
+        "a file-size limit (ulimit -f) is below the file's size: raise it"
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["step_000000001", "step_000000002"]
+
+
+def test_write_failures_name_the_file_and_the_cause(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from sae_lens_e2e import atomic
+
+    target = tmp_path / "out" / "sae_weights.safetensors"
+    full = atomic.write_failure(OSError(errno.ENOSPC, "No space left on device"), target)
+    assert str(full) == f"No space left on device while writing {target} (nothing half-written " \
+        "was left)"  # fmt: skip
+    big = SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+    assert atomic.write_failure(big, target).errno == errno.EFBIG
+    monkeypatch.setattr(os, "statvfs", lambda p: type("S", (), {"f_bavail": 0})())
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704")
+    assert atomic.write_failure(torch_error, target).errno == errno.ENOSPC
+    assert atomic.write_failure(RuntimeError("a bug"), target) is None
+    assert atomic.write_failure(OSError(errno.EACCES, "denied"), target) is None
+    refused = pytest.raises(atomic.WriteFailedError, match="No space left on device while")
+    with refused, atomic.atomic_directory(tmp_path / "d") as tmp:
+        (tmp / "x").write_text("x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,8 @@ import errno
 import sys
 from collections.abc import Iterator
 
+from sae_lens_e2e.atomic import WriteFailedError
+
 # Raised (or chained) by huggingface_hub / transformers / datasets / requests / httpx when the
 # hub cannot be reached and the files are not cached.
 _OFFLINE_ERRORS = {
@@ -19,6 +21,11 @@ _OFFLINE_ERRORS = {
     "MaxRetryError",
 }
 _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_FULL_HINTS = {
+    errno.ENOSPC: "free some space or choose another location",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another location",
+    errno.EFBIG: "a file-size limit (ulimit -f) is below the file's size: raise it",
+}
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
@@ -55,6 +62,9 @@ def user_message(err: BaseException) -> str | None:
             "in the local cache: connect once to download them (and unset HF_HUB_OFFLINE if "
             "set), or give a local path"
         )
+    if isinstance(err, WriteFailedError):  # disk full, file-size limit: the file and the cause
+        hint = _FULL_HINTS.get(err.errno)
+        return f"{err}" + (f"; {hint}" if hint else "")
     if isinstance(err, OSError) and err.filename is not None:
         hint = "; choose a writable location or fix its permissions"
         if err.errno == errno.ENOSPC:

@@ -22,7 +22,7 @@ from sae_lens.training.activations_store import ActivationsStore
 from safetensors.torch import save_file
 
 from sae_lens_e2e.analysis.evaluation import alive_tokens_note, dead_latent_warnings, evaluate
-from sae_lens_e2e.atomic import atomic_directory, atomic_file
+from sae_lens_e2e.atomic import WriteFailedError, atomic_directory, atomic_file
 from sae_lens_e2e.locks import check_free, folder_lock
 from sae_lens_e2e.names import inside
 from sae_lens_e2e.training import warm_start
@@ -198,6 +198,9 @@ class E2ESAETrainingRunner:
             self.ranks.barrier()  # every rank returns once rank 0's outputs exist
         except KeyboardInterrupt:
             raise TrainingInterrupted(trainer.step, trainer.last_checkpoint) from None
+        except WriteFailedError as err:  # disk full, file-size limit: what is safe to resume
+            err.note = f"last good checkpoint: {trainer.last_checkpoint or 'none written yet'}"
+            raise
         finally:
             if wandb_run is not None:
                 wandb_run.finish()
