@@ -98,3 +98,29 @@ def go_offline_if_hub_unreachable() -> str | None:
         if name in sys.modules:
             setattr(sys.modules[name], attr, True)
     return reason
+
+
+def available_memory(device: str | None) -> tuple[int, str] | None:
+    """(bytes free now, what they are) on `device`: the GPU's free memory for CUDA, the
+    machine's available RAM for the CPU; None where it cannot be known here."""
+    kind = (device or "cpu").split(":")[0]
+    if kind == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return free, f"GPU memory free on {device}"
+    if kind != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "RAM available"
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available), "RAM available"
+    except ImportError:
+        return None

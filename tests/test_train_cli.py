@@ -256,3 +256,35 @@ def test_a_key_given_twice_is_one_line_before_any_work(
     err = capsys.readouterr().err
     assert f"{path}: line {line}: key '{key}' given twice" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_sae_too_large_for_memory_is_refused_before_the_model_loads(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr("sae_lens_e2e.training.runner.load_model", _no_model)
+    path = _write_config(tmp_path, sae={**SAE_FIELDS, "d_sae": 2_000_000_000})
+    capsys.readouterr()
+    assert cli.main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "error: sae.d_sae=2000000000 (sae.d_in=16, 1 SAE(s)): training needs at least " in err
+    assert "1,056,000,000,256 bytes for 66,000,000,016 parameters x 4 copies" in err
+    assert "512,000,000,000 bytes for one micro-batch's codes" in err  # 64 tokens x d_sae x 4
+    assert "GB of RAM available; lower sae.d_sae" in err
+
+
+def test_memory_estimate_counts_every_sae_and_the_codes(monkeypatch):
+    from sae_lens_e2e.training import validation
+
+    cfg = load_runner_config(EXAMPLES[0])  # GPT-2 layer 6, d_sae 46080, batch 16 x 1024 as 2 x 8
+    params, state, codes = validation.sae_memory(cfg)
+    assert params == 2 * 768 * 46080 + 46080 + 768
+    assert state == 16 * params and codes == 8 * 1024 * 46080 * 4
+    cfg.device = "cuda"
+    monkeypatch.setattr(
+        validation, "available_memory", lambda d: (10**9, "GPU memory free on cuda")
+    )
+    with pytest.raises(ValueError, match="needs at least 2.6 GB .* than the 1.0 GB of GPU memory"):
+        validation.check_memory(cfg)
+    monkeypatch.setattr(validation, "available_memory", lambda d: (10**12, "GPU memory free"))
+    validation.check_memory(cfg)  # 2.6 GB fits

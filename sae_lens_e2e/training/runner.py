@@ -33,7 +33,11 @@ from sae_lens_e2e.training.losses import as_e2e_config, downstream_hooks
 from sae_lens_e2e.training.resume import check_allowed
 from sae_lens_e2e.training.sae import register_e2e_architectures
 from sae_lens_e2e.training.trainer import E2ETrainer, TokenStream
-from sae_lens_e2e.training.validation import sae_hook_names, validate_run
+from sae_lens_e2e.training.validation import (
+    check_run_environment,
+    sae_hook_names,
+    validate_run,
+)
 
 EVAL_RESULTS_FILENAME = "eval_results.json"
 
@@ -69,6 +73,7 @@ class E2ESAETrainingRunner:
         self.e2e = as_e2e_config(cfg)
         self.ranks = join_from_env(cfg, dist_timeout)  # before loading: picks this rank's GPU
         self.hooks = sae_hook_names(cfg)
+        check_run_environment(cfg)  # devices, kernels, the SAEs' memory: before any loading
         if self.ranks.is_main and cfg.output_path is not None:  # before any work; run() locks
             check_free(cfg.output_path, "output_path")
         # Warm-start sources are loaded and checked before the model: refuse before any work.

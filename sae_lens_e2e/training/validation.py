@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 from sae_lens.config import LanguageModelSAERunnerConfig
+from sae_lens.util import str_to_dtype
 from transformer_lens import HookedTransformer
 
 from sae_lens_e2e.kernels import resolve_backend
 from sae_lens_e2e.names import check_hook_name
-from sae_lens_e2e.preflight import check_device
+from sae_lens_e2e.preflight import available_memory, check_device
 from sae_lens_e2e.training.config import E2ETrainingMixin
 from sae_lens_e2e.training.splice import hook_layer
 
@@ -42,6 +43,39 @@ def check_run_environment(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
         check_device(getattr(cfg, option), option)
     e2e: E2ETrainingMixin = cfg.sae  # type: ignore[assignment]
     resolve_backend(e2e.kernels, torch.device(cfg.device))
+    check_memory(cfg)
+
+
+def sae_memory(cfg: LanguageModelSAERunnerConfig[Any]) -> tuple[int, int, int]:
+    """(parameters, bytes of weights + gradients + Adam's two moments, bytes of one
+    micro-batch's codes): a lower bound of what training the run's SAEs needs."""
+    sae = cfg.sae
+    n_saes = len(sae_hook_names(cfg))
+    thresholds = "jumprelu" in sae.architecture()  # a threshold per latent
+    per_sae = 2 * sae.d_in * sae.d_sae + sae.d_sae * (2 if thresholds else 1)
+    params = n_saes * (per_sae + sae.d_in)
+    itemsize = torch.empty((), dtype=str_to_dtype(sae.dtype)).element_size()
+    e2e: E2ETrainingMixin = cfg.sae  # type: ignore[assignment]
+    tokens = cfg.train_batch_size_tokens // max(1, e2e.gradient_accumulation_steps)
+    return params, 4 * params * itemsize, n_saes * tokens * sae.d_sae * 4
+
+
+def check_memory(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
+    """Refuse SAEs that cannot fit the device's memory, before the model is loaded."""
+    available = available_memory(cfg.device)
+    if available is None:
+        return
+    free, what = available
+    params, state, codes = sae_memory(cfg)
+    if state + codes <= free:
+        return
+    raise ValueError(
+        f"sae.d_sae={cfg.sae.d_sae} (sae.d_in={cfg.sae.d_in}, {len(sae_hook_names(cfg))} SAE(s)): "
+        f"training needs at least {(state + codes) / 1e9:,.1f} GB ({state:,} bytes for "
+        f"{params:,} parameters x 4 copies: weights, gradients, Adam's two moments; {codes:,} "
+        f"bytes for one micro-batch's codes), more than the {free / 1e9:,.1f} GB of {what}; "
+        "lower sae.d_sae or train_batch_size_tokens"
+    )
 
 
 def validate_run(
