@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line. Every output is written atomically, so none is half-written.
+        out = getattr(args, "out", None)
+        left = f"{out} was left as it was" if out is not None else "nothing was written"
+        print(f"sae-lens-e2e {args.command}: interrupted; {left}", file=sys.stderr)
+        return 130
     except Exception as err:
         # Something the user can fix: one line, no traceback, non-zero exit. A bug: traceback.
         message = user_message(err)
