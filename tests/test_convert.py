@@ -7,6 +7,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -392,10 +393,37 @@ def test_cli_convert_and_export(tmp_path: Path, capsys) -> None:
     folder = out / "samples_400000" / HOOK
     assert (folder / "cfg.json").is_file()
 
-    with pytest.warns(UserWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing reaches Python's raw warning printer
         rc = main(["export", str(folder), "--out", str(tmp_path / "exp" / "samples_0.pt")])
     assert rc == 0
     assert (tmp_path / "exp" / "final_config.yaml").is_file()
+    assert capsys.readouterr().err == ""  # SAELens's advice on loading the model: not shown
+    # An SAE made for a model without TransformerLens's processing: a note in our words.
+    from e2e_helpers import stock_sae_folder
+
+    stock = stock_sae_folder(tmp_path / "stock", D_IN, HOOK, d_sae=D_SAE)
+    assert main(["export", str(stock), "--out", str(tmp_path / "exp2" / "samples_0.pt")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"sae-lens-e2e export: note: the SAE at {HOOK} was trained on a model")
+    assert len(err.strip().splitlines()) == 1 and "UserWarning" not in err, err
+
+
+def test_ctrl_c_in_convert_and_export_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    from sae_lens_e2e.loading import sources
+
+    ckpt, _ = write_checkpoint(
+        tmp_path / "run", make_reference_sd([HOOK]), make_reference_config(HOOK)
+    )
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sources, "convert_reference_checkpoint", ctrl_c)
+    assert main(["convert", str(ckpt), "--out", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    assert err == f"sae-lens-e2e convert: interrupted; {tmp_path / 'out'} was left as it was\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_cli_converts_several_saes_at_one_hook_into_one_out(tmp_path: Path, capsys) -> None:

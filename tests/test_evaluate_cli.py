@@ -199,3 +199,26 @@ def test_gpt2_defaults_are_the_papers() -> None:
     )
     with pytest.raises(ValueError, match="--dataset is needed"):
         resolve_settings(EvaluateConfig(sources=["x"], model="pythia-70m"), [])
+
+
+def test_error_line_starts_after_the_progress_bar_is_closed(world, tmp_path) -> None:
+    """The second SOURCE fails while the 'loading SAEs' bar is open: the bar is closed
+    first, so the error is a line of its own, not glued to the bar."""
+    rc, _, stderr = _cli(*_base(world, tmp_path / "r"), world["a"], tmp_path / "missing")
+    assert rc == 2
+    (line,) = [text for text in stderr.split("\n") if "error:" in text]
+    assert line.split("\r")[-1].startswith("sae-lens-e2e evaluate: error: "), repr(line)
+
+
+def test_ctrl_c_in_evaluate_is_one_line_and_writes_nothing(world, tmp_path, monkeypatch) -> None:
+    from sae_lens_e2e.analysis import evaluate_sources
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_sources, "evaluate_many", ctrl_c)
+    out = tmp_path / "r"
+    rc, _, stderr = _cli(*_base(world, out), "--quiet", world["a"])
+    assert rc == 130
+    assert stderr == f"sae-lens-e2e evaluate: interrupted; {out} was left as it was\n"
+    assert list(tmp_path.iterdir()) == []

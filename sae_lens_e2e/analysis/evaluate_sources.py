@@ -231,8 +231,9 @@ def make_run(source: SourceSAE, metrics: dict[str, Any], with_paper: bool) -> SA
 
 def load_sources(cfg: EvaluateConfig, device: str, progress: bool) -> list[SourceSAE]:
     kw = {"device": device, "local_dir": cfg.local_dir, "cache_dir": cfg.cache_dir}
-    bar = tqdm(cfg.sources, desc="loading SAEs", disable=not progress, leave=False)
-    return [load_source(spec, **kw) for spec in bar]
+    # Closed however it ends, so that an error line starts on a line of its own.
+    with tqdm(cfg.sources, desc="loading SAEs", disable=not progress, leave=False) as bar:
+        return [load_source(spec, **kw) for spec in bar]
 
 
 def _setup_lines(cfg: EvaluateConfig, s: EvalSettings, runs: list[SAERun]) -> list[str]:

@@ -160,8 +160,9 @@ def evaluate_many(
     }
     ce_clean = 0.0
     batches = tokens.split(batch_size)
-    for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
-        ce_clean += _add_batch(model, batch.to(model.cfg.device), sae_sets, accs)
+    with tqdm(batches, desc="evaluating", disable=not progress, leave=False) as bar:
+        for batch in bar:
+            ce_clean += _add_batch(model, batch.to(model.cfg.device), sae_sets, accs)
     n_sequences = tokens.shape[0]
     if reduce is not None:
         ce_clean, n_sequences = _sum_over_ranks(reduce, accs, ce_clean, n_sequences)

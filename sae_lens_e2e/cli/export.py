@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 from sae_lens_e2e.cli.convert import fail
@@ -30,13 +32,29 @@ def run_export(args: argparse.Namespace) -> int:
     from sae_lens_e2e.sae_files import load_sae_folder
 
     try:
-        saes = []
-        for d in args.sae_dirs:
-            if not (d / "cfg.json").is_file():
-                raise E2EConversionError(f"{d}: not a SAELens folder (no cfg.json)")
-            saes.append(load_sae_folder(d))
-        pt, cfg = export_reference_checkpoint(saes, args.out, args.config_out, args.overwrite)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            saes = []
+            for d in args.sae_dirs:
+                if not (d / "cfg.json").is_file():
+                    raise E2EConversionError(f"{d}: not a SAELens folder (no cfg.json)")
+                saes.append(load_sae_folder(d))
+            pt, cfg = export_reference_checkpoint(saes, args.out, args.config_out, args.overwrite)
     except E2EConversionError as e:
         return fail(str(e))
+    for line in notes(caught):
+        print(f"sae-lens-e2e export: note: {line}", file=sys.stderr)
     print(f"wrote {pt} and {cfg}")
     return 0
+
+
+def notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Warnings raised while exporting, as one line each (no source line, no category).
+    SAELens's advice to load the model with the SAE's kwargs concerns using the SAE, not
+    exporting it, and is left out."""
+    lines = []
+    for warning in caught:
+        text = " ".join(str(warning.message).split())
+        if not text.startswith("This SAE has non-empty model_from_pretrained_kwargs"):
+            lines.append(text)
+    return list(dict.fromkeys(lines))

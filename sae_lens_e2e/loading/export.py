@@ -85,10 +85,11 @@ def _warn_on_model_processing(sae: Any) -> None:
     wanted = {k: kwargs.get(k, False) for k in TLENS_DEFAULT_PROCESSING}
     if wanted != TLENS_DEFAULT_PROCESSING:
         warnings.warn(
-            f"SAE at {sae.cfg.metadata.hook_name} was made for a model loaded with "
-            f"from_pretrained_no_processing(**{kwargs}); the reference code loads "
-            f"HookedTransformer.from_pretrained defaults ({TLENS_DEFAULT_PROCESSING}), so its "
-            "activations (centred writing weights) differ",
+            f"the SAE at {sae.cfg.metadata.hook_name} was trained on a model loaded with "
+            f"from_pretrained_no_processing(**{kwargs}), but the reference code loads its model "
+            f"with HookedTransformer.from_pretrained's defaults ({TLENS_DEFAULT_PROCESSING}); "
+            "there the activations at this hook differ (e.g. centred writing weights), so the "
+            "exported SAE will not reconstruct them as it did here",
             stacklevel=3,
         )
 

@@ -215,19 +215,19 @@ def train_tiny_model(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(lm))
     offsets = torch.arange(lm.n_ctx)
     model.train()
-    bar = tqdm(range(lm.steps), desc="training the tiny LM", disable=not progress)
-    for _ in bar:
-        starts = torch.randint(
-            0, corpus.train.numel() - lm.n_ctx, (lm.batch_size, 1), generator=gen
-        )
-        batch = corpus.train[starts + offsets].to(model.cfg.device)
-        loss = model(batch, return_type="loss")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    with tqdm(range(lm.steps), desc="training the tiny LM", disable=not progress) as bar:
+        for _ in bar:
+            starts = torch.randint(
+                0, corpus.train.numel() - lm.n_ctx, (lm.batch_size, 1), generator=gen
+            )
+            batch = corpus.train[starts + offsets].to(model.cfg.device)
+            loss = model(batch, return_type="loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
 
 
