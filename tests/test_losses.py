@@ -10,8 +10,12 @@ from sae_lens_e2e import E2EStandardTrainingSAE, E2EStandardTrainingSAEConfig, c
 
 
 def _sae(d_in: int = 16, d_sae: int = 64, seed: int = 0, **kw) -> E2EStandardTrainingSAE:
+    """A training SAE with a random (non-zero) decoder bias, which the output carries."""
     torch.manual_seed(seed)
-    return E2EStandardTrainingSAE(E2EStandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, **kw))
+    sae = E2EStandardTrainingSAE(E2EStandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, **kw))
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.5)
+    return sae
 
 
 def _identity_sae(d_in: int = 16) -> E2EStandardTrainingSAE:
@@ -69,11 +73,12 @@ def test_kl_is_exactly_zero_for_identity_sae(tiny_model):
 
 @pytest.mark.parametrize("strategy", ["local", "e2e", "e2e_ds"])
 def test_terms_match_two_pass_reference(tiny_model, strategy):
+    """Two SAEs with random decoder biases, and two downstream hooks after them."""
     tokens = torch.randint(0, 64, (3, 16))
-    hooks = ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre"]
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
     saes = {h: _sae(seed=i, strategy=strategy, l1_coefficient=1.5) for i, h in enumerate(hooks)}
     cfg = saes[hooks[0]].cfg
-    downstream = ["blocks.3.hook_resid_pre"]
+    downstream = ["blocks.2.hook_resid_pre", "blocks.3.hook_resid_pre"]
     terms = compute_loss_terms(tiny_model, saes, tokens, cfg)
     ref = _reference_terms(tiny_model, saes, tokens, downstream)
     for name in ("kl", "sparsity", "out_to_in", "in_to_orig"):
@@ -150,3 +155,55 @@ def test_triton_kernels_give_the_same_terms_and_gradients(tiny_model, strategy):
         torch.testing.assert_close(k_terms[name], t_terms[name], rtol=1e-5, atol=1e-6, msg=name)
     for a, b in zip(k_grads, t_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_converted_paper_sae_gives_the_reference_terms(tiny_model, tmp_path):
+    """Reference parity through stock SAELens: paper-format SAEs at two positions (random
+    decoder biases, unnormalised decoders) converted and loaded with `SAE.load_from_disk`,
+    then `compute_loss_terms` with an e2e_ds config, against the reference formulas on the
+    reference state dict itself (two full passes, two downstream hooks)."""
+    from sae_lens import SAE
+    from test_convert import make_reference_config, make_reference_sd, write_checkpoint
+
+    from sae_lens_e2e.loading.convert import convert_checkpoint
+
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    sd = make_reference_sd(hooks, seed=5)
+    ckpt, config = write_checkpoint(tmp_path, sd, make_reference_config("hook_resid_pre"))
+    saes = {
+        h: SAE.load_from_disk(f)
+        for h, f in convert_checkpoint(ckpt, config, tmp_path / "o").items()
+    }
+    cfg = E2EStandardTrainingSAEConfig(d_in=16, d_sae=64, strategy="e2e_ds", l1_coefficient=2.0)
+    tokens = torch.randint(0, 64, (3, 16))
+    terms = compute_loss_terms(tiny_model, saes, tokens, cfg)
+
+    downstream = ["blocks.2.hook_resid_pre", "blocks.3.hook_resid_pre"]
+    with torch.no_grad():
+        clean_logits, clean = tiny_model.run_with_cache(tokens, names_filter=downstream)
+    acts, sparsity, out_to_in = {}, 0.0, 0.0
+
+    def reference_sae(act, hook):  # e2e_sae's SAE.forward and its loss terms, on its weights
+        nonlocal sparsity, out_to_in
+        p = hook.name.replace(".", "-") + "."
+        c = F.relu(F.linear(act, sd[p + "encoder.0.weight"], sd[p + "encoder.0.bias"]))
+        out = F.linear(c, F.normalize(sd[p + "decoder.weight"], dim=0), sd[p + "decoder.bias"])
+        sparsity = sparsity + torch.norm(c, p=1, dim=-1).mean() / 16
+        out_to_in = out_to_in + F.mse_loss(out, act)
+        return out
+
+    def keep(act, hook):
+        acts[hook.name] = act
+
+    with torch.no_grad():
+        new_logits = tiny_model.run_with_hooks(
+            tokens, fwd_hooks=[(h, reference_sae) for h in hooks] + [(h, keep) for h in downstream]
+        )
+    kl = F.kl_div(F.log_softmax(new_logits.flatten(0, 1), -1),
+                  F.log_softmax(clean_logits.flatten(0, 1), -1), log_target=True,
+                  reduction="batchmean")  # fmt: skip
+    in_to_orig = sum(F.mse_loss(acts[h], clean[h]) for h in downstream) / len(downstream)
+    expected = {"kl": kl, "sparsity": sparsity, "out_to_in": out_to_in, "in_to_orig": in_to_orig}
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    torch.testing.assert_close(terms["loss"], 0.5 * kl + 2.0 * sparsity + 2.5 * in_to_orig)

@@ -132,6 +132,7 @@ def compute_loss_terms(
     )
 
     zero = torch.zeros((), device=tokens.device)
+    stock_sparsity(saes, spliced, float(getattr(e2e_cfg, "lp_norm", 1.0)))
     terms = {"kl": zero, "in_to_orig": zero, **local_terms(saes, spliced, coeffs)}
     if clean is not None and need_logits:
         with _graph_if(coeffs.kl):
@@ -150,6 +151,14 @@ def compute_loss_terms(
         terms[f"l0/{h}"] = l0(spliced.feature_acts[h]).detach()
     terms["l0"] = sum((terms[f"l0/{h}"] for h in plan.sae_hooks), zero)
     return terms
+
+
+def stock_sparsity(saes: Mapping[str, Any], run: SplicedRun, p: float) -> None:
+    """The configured Lp sparsity term for SAEs that do not compute their own (stock SAELens
+    SAEs: loaded, converted, pretrained), from the codes of their own forward."""
+    for h, sae in saes.items():
+        if h not in run.sparsity:
+            run.sparsity[h] = sparsity_loss(run.feature_acts[h], p, sae.cfg.d_in)
 
 
 def local_terms(
