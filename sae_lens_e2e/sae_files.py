@@ -2,7 +2,8 @@
 
 safetensors reports a bad file (a header claiming 50 GB, offsets past the end, a truncated
 file) as a `SafetensorError` that names neither the file nor what to do; here it becomes a
-one-line `UnreadableFileError` naming the file.
+one-line `UnreadableFileError` naming the file. A file that reads fine may still hold NaN/Inf
+weights (`non_finite_weights`), which no evaluation of it can mean anything with.
 """
 
 from __future__ import annotations
@@ -44,3 +45,22 @@ def load_sae_folder(path: str | Path, **kw: Any) -> Any:
 
     with reading(path, "SAE folder (cfg.json + sae_weights.safetensors)"):
         return SAE.load_from_disk(path, **kw)
+
+
+def non_finite_weights(sae: Any) -> dict[str, tuple[int, int]]:
+    """Tensor name -> (NaN/Inf values, all values) for each of `sae`'s tensors holding any."""
+    import torch
+
+    out = {}
+    for name, tensor in sae.state_dict().items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                out[name] = (bad, tensor.numel())
+    return out
+
+
+def describe_non_finite(counts: dict[str, tuple[int, int]]) -> str:
+    return ", ".join(
+        f"{name} has {bad:,} NaN/Inf value(s) of {n:,}" for name, (bad, n) in counts.items()
+    )

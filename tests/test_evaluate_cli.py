@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,26 @@ def test_ctrl_c_in_evaluate_is_one_line_and_writes_nothing(world, tmp_path, monk
     assert rc == 130
     assert stderr == f"sae-lens-e2e evaluate: interrupted; {out} was left as it was\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_weights_are_warned_about_naming_the_tensor(world, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "nan_sae"
+    shutil.copytree(world["a"], folder)
+    weights = folder / "sae_weights.safetensors"
+    sd = load_file(weights)
+    sd["W_enc"][0, :3] = float("nan")
+    save_file(sd, weights)
+    out = tmp_path / "r"
+    rc, _, stderr = _cli(*_base(world, out), "--quiet", world["a"], folder)
+    assert rc == 0
+    line = f"WARNING: SOURCE '{folder}': W_enc has 3 NaN/Inf value(s) of 768; every number"
+    assert stderr.startswith(line), stderr
+    assert line in (out / "report.md").read_text()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):  # export refuses them: the reference format cannot
+        assert main(["export", str(folder), "--out", str(tmp_path / "x.pt")]) == 1
+    assert err.getvalue() == f"error: SAE at {L1}: W_enc has 3 NaN/Inf value(s) of 768; not " \
+        "exporting it\n"  # fmt: skip
+    assert not (tmp_path / "x.pt").exists()

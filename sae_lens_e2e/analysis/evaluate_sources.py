@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from sae_lens_e2e.analysis.report import ReportData, SAERun
 from sae_lens_e2e.atomic import atomic_directory
 from sae_lens_e2e.loading.paper import PAPER_GPT2_CLEAN_CE, PaperSAE
 from sae_lens_e2e.loading.sae_source import SourceSAE, load_source
+from sae_lens_e2e.sae_files import describe_non_finite, non_finite_weights
 from sae_lens_e2e.training.config import STRATEGIES
 from sae_lens_e2e.training.validation import check_sae_fits
 
@@ -236,6 +238,19 @@ def load_sources(cfg: EvaluateConfig, device: str, progress: bool) -> list[Sourc
         return [load_source(spec, **kw) for spec in bar]
 
 
+def non_finite_warnings(sources: list[SourceSAE]) -> list[str]:
+    """One loud line per SOURCE with NaN/Inf weights, naming each tensor."""
+    lines = []
+    for s in sources:
+        bad = non_finite_weights(s.sae)
+        if bad:
+            lines.append(
+                f"WARNING: SOURCE {s.spec!r}: {describe_non_finite(bad)}; every number of this "
+                "SAE in the report is meaningless"
+            )
+    return lines
+
+
 def _setup_lines(cfg: EvaluateConfig, s: EvalSettings, runs: list[SAERun]) -> list[str]:
     lines = [
         f"- Settings ({s.defaults} unless given): context {s.context_size} tokens, "
@@ -271,6 +286,9 @@ def run_evaluate(
     device = resolve_device(cfg.device)
     start = time.perf_counter()
     sources = load_sources(cfg, device, progress)
+    weight_warnings = non_finite_warnings(sources)
+    for line in weight_warnings:  # before the long part: the user may stop here
+        print(line, file=sys.stderr)
     settings = resolve_settings(cfg, sources)
     model = load_model(cfg.model, settings, device)
     settings = _fit_context(settings, model.cfg.n_ctx)
@@ -298,7 +316,7 @@ def run_evaluate(
         model_info={"n_params": sum(p.numel() for p in model.parameters())},
         timings={"total": time.perf_counter() - start},
         config=dataclasses.asdict(cfg) | {"settings": dataclasses.asdict(settings)},
-        setup=_setup_lines(cfg, settings, runs),
+        setup=_setup_lines(cfg, settings, runs) + [f"- **{line}**" for line in weight_warnings],
         name="evaluate",
         saes_dir=None,
     )

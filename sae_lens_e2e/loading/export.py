@@ -22,6 +22,7 @@ from sae_lens_e2e.loading.reference_format import (
     ReferenceSAE,
 )
 from sae_lens_e2e.names import check_hook_name
+from sae_lens_e2e.sae_files import describe_non_finite, non_finite_weights
 from sae_lens_e2e.training.warm_start import unit_decoder_weights
 
 
@@ -58,6 +59,11 @@ def sae_to_reference(sae: Any) -> ReferenceSAE:
     reference's per-forward decoder normalisation changes nothing.
     """
     _check_representable(sae)
+    bad = non_finite_weights(sae)
+    if bad:  # the reference format (and our convert) cannot hold them
+        raise E2EConversionError(
+            f"SAE at {sae.cfg.metadata.hook_name}: {describe_non_finite(bad)}; not exporting it"
+        )
     w = unit_decoder_weights(sae)
     return ReferenceSAE(
         hook_name=sae.cfg.metadata.hook_name,
