@@ -529,3 +529,19 @@ def test_report_has_both_explained_variances_and_alive_tokens(quickstart_run):
 def test_alive_note_only_below_the_papers_500k_tokens():
     assert alive_tokens_note(500_000) == ""
     assert "499,999 tokens" in alive_tokens_note(499_999)
+
+
+def test_a_dead_sae_is_warned_about_over_the_reports_tokens(cache_dir, quickstart_run, tmp_path):
+    """The warning counts over the same held-out tokens as the report's alive column (here
+    24 x 32 = 768), not over the runner's own evaluation batch (8 x 32 = 256)."""
+    out = tmp_path / "report"
+    rc, _, err = _cli("--config", quickstart_run["config"], "--out", out, "--strategies", "local",
+                      "--coefficients", "local=1000", "--lr", "3")  # fmt: skip
+    assert rc == 0, err
+    (run,) = _runs(out)
+    alive = run["metrics"][f"alive/{HOOK}"]
+    assert err.strip().splitlines() == [
+        f"WARNING: run local_lambda1000: {64 - alive} of 64 latents of the SAE at {HOOK} never "
+        f"fired on 768 held-out tokens (L0 {run['metrics'][f'l0/{HOOK}']:.3g}): the SAE is "
+        "mostly dead; try a lower lr or sparsity coefficient"
+    ]

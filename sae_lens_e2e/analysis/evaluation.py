@@ -253,8 +253,11 @@ def alive_tokens_note(n_tokens: int) -> str:
     )
 
 
-def dead_latent_warnings(metrics: Mapping[str, Any], most: float = 0.5) -> list[str]:
-    """One loud line per SAE of which more than `most` of the latents never fired.
+def dead_latent_warnings(
+    metrics: Mapping[str, Any], most: float = 0.5, label: str | None = None
+) -> list[str]:
+    """One loud line per SAE of which more than `most` of the latents never fired on the
+    tokens `metrics` were evaluated on (so it agrees with their alive count), saying how many.
 
     A run that diverged (lr too high) can end with finite weights but a dead SAE; the loss
     alone does not say so.
@@ -263,9 +266,11 @@ def dead_latent_warnings(metrics: Mapping[str, Any], most: float = 0.5) -> list[
     for hook in (k.removeprefix("dead/") for k in metrics if k.startswith("dead/")):
         dead, alive = metrics[f"dead/{hook}"], metrics[f"alive/{hook}"]
         if dead > most * (dead + alive):
+            who = f"run {label}: " if label else ""
             lines.append(
-                f"WARNING: {dead} of {dead + alive} latents of the SAE at {hook} never fired on "
-                f"{metrics['n_tokens']} held-out tokens (L0 {metrics[f'l0/{hook}']:.3g}): the "
-                "SAE is mostly dead; try a lower lr or sparsity coefficient"
+                f"WARNING: {who}{dead} of {dead + alive} latents of the SAE at {hook} never "
+                f"fired on {metrics['n_tokens']:,} held-out tokens (L0 "
+                f"{metrics[f'l0/{hook}']:.3g}): the SAE is mostly dead; try a lower lr or "
+                "sparsity coefficient"
             )
     return lines

@@ -185,7 +185,11 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from sae_lens_e2e.analysis.report import format_summary
     from sae_lens_e2e.quickstart.config import resolve_device
-    from sae_lens_e2e.quickstart.pipeline import check_output_dir, run_quickstart
+    from sae_lens_e2e.quickstart.pipeline import (
+        check_output_dir,
+        dead_sae_warnings,
+        run_quickstart,
+    )
     from sae_lens_e2e.quickstart.tiny_lm import training_note
 
     cfg = config_from_args(args)
@@ -206,4 +210,6 @@ def run(args: argparse.Namespace) -> int:
         )
         return 130
     print(format_summary(result))
+    for line in dead_sae_warnings(result.runs):
+        print(line, file=sys.stderr)
     return 0

@@ -123,6 +123,13 @@ def evaluate_runs(
     return saes
 
 
+def dead_sae_warnings(runs: list[SAERun]) -> list[str]:
+    """Mostly dead SAEs, counted over the report's held-out tokens (its alive column)."""
+    from sae_lens_e2e.analysis.evaluation import dead_latent_warnings
+
+    return [line for run in runs for line in dead_latent_warnings(run.metrics, label=run.label)]
+
+
 def alive_mask(run: SAERun) -> torch.Tensor:
     density = run.metrics[f"log10_feature_density/{run.hook}"]
     return alive_latents_from_sparsity(density, log10=True)

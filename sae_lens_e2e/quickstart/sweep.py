@@ -94,6 +94,7 @@ def _train_one(runner_cfg: Any, work: Workload, log_path: Path) -> dict[str, Any
             runner_cfg, override_dataset=work.train_dataset, override_model=work.model
         )
         make_store_strict(runner.activations_store, work.dataset_name)
+        runner.warn_dead_latents = False  # the report's evaluation warns (pipeline.py)
         runner.run()
     log_path.write_text(log.getvalue())
     return runner.eval_results

@@ -98,6 +98,9 @@ class E2ESAETrainingRunner:
         for hook, source in self._warm_start_sources.items():
             self.saes[hook].load_from_sae(source)
         self.eval_results: dict[str, Any] = {}
+        # The end-of-run warning about a mostly dead SAE; a caller that evaluates the SAE on
+        # other tokens (the quickstart) warns from its own numbers instead.
+        self.warn_dead_latents = True
 
     def _downstream(self) -> list[str]:
         return downstream_hooks(self.model, self.hooks, self.e2e)
@@ -198,7 +201,7 @@ class E2ESAETrainingRunner:
                 if self.cfg.output_path is not None:
                     self.save(Path(self.cfg.output_path), results)
                 print(format_summary(results, trainer.schedule.label))
-                for warning in dead_latent_warnings(results):
+                for warning in dead_latent_warnings(results) if self.warn_dead_latents else []:
                     print(warning, file=sys.stderr)
             self.ranks.barrier()  # every rank returns once rank 0's outputs exist
         except KeyboardInterrupt:
