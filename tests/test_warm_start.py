@@ -196,3 +196,41 @@ def test_release_fields_go_together():
 
     with pytest.raises(ValueError, match="warm_start_release and warm_start_sae_id go together"):
         E2EJumpReLUTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, warm_start_release="a/b")
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
+def test_folding_keeps_an_e2e_training_saes_function(architecture):
+    """SAELens's folds (scale the encoder by decoder norms; divide W_dec by an activation
+    scale) assume a decoder used as stored; ours normalises its rows in the forward, so both
+    are done exactly here: fold_W_dec_norm leaves unit rows, the activation scale s makes
+    the SAE take raw x in place of s x, returning f(s x) / s."""
+    from sae_lens_e2e import (
+        E2EJumpReLUTrainingSAE,
+        E2EJumpReLUTrainingSAEConfig,
+        E2EStandardTrainingSAE,
+        E2EStandardTrainingSAEConfig,
+        E2ETopKTrainingSAE,
+        E2ETopKTrainingSAEConfig,
+    )
+
+    torch.manual_seed(0)
+    cls, cfg_cls, kw = {
+        "standard": (E2EStandardTrainingSAE, E2EStandardTrainingSAEConfig, {}),
+        "topk": (E2ETopKTrainingSAE, E2ETopKTrainingSAEConfig, {"k": K}),
+        "jumprelu": (E2EJumpReLUTrainingSAE, E2EJumpReLUTrainingSAEConfig, {}),
+    }[architecture]
+    sae = _randomise(cls(cfg_cls(d_in=D_IN, d_sae=D_SAE, kernels="torch", **kw)))
+    if architecture == "jumprelu":
+        with torch.no_grad():
+            sae.threshold.copy_(torch.rand(D_SAE) * 0.5)
+    x = torch.randn(256, D_IN) * 3
+    with torch.no_grad():
+        before = sae.e2e_forward(x)[1]
+        sae.fold_W_dec_norm()
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
+        torch.testing.assert_close(sae.e2e_forward(x)[1], before, rtol=1e-5, atol=1e-5)
+        scale = 2.5
+        scaled = sae.e2e_forward(scale * x)[1] / scale
+        sae.fold_activation_norm_scaling_factor(scale)
+        torch.testing.assert_close(sae.e2e_forward(x)[1], scaled, rtol=1e-5, atol=1e-5)
+    assert sae.cfg.normalize_activations == "none"

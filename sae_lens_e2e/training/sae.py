@@ -113,6 +113,28 @@ class E2ESAEMixin:
         """Warm start from a SAELens SAE, preserving its function exactly (see warm_start)."""
         warm_start.copy_into(self, source)
 
+    # SAELens's folds assume the decoder is used as stored; ours is normalised in the forward,
+    # so these keep the SAE's function exactly instead (tests/test_warm_start.py).
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """Unit decoder rows: the forward already uses the normalised rows, so nothing moves
+        into the encoder (SAELens's fold would scale it by norms nothing then divides out)."""
+        self.W_dec.data = F.normalize(self.W_dec.data, dim=-1)
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Take raw inputs x instead of `scaling_factor * x`, returning f(s x) / s: ReLU, TopK
+        and JumpReLU commute with a positive scale, so b_enc, b_dec (and the threshold) are
+        divided by s (SAELens divides W_dec, which the normalising forward would undo)."""
+        if not scaling_factor > 0:
+            raise ValueError(f"scaling_factor must be positive, got {scaling_factor}")
+        self.b_enc.data /= scaling_factor
+        self.b_dec.data /= scaling_factor
+        threshold = getattr(self, "threshold", None)
+        if threshold is not None:
+            threshold.data /= scaling_factor
+        self.cfg.normalize_activations = "none"
+
 
 class E2EStandardTrainingSAE(E2ESAEMixin, StandardTrainingSAE):  # type: ignore[misc]
     """ReLU e2e SAE (the paper's). Saved as a stock `standard` SAE."""
