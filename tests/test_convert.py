@@ -390,7 +390,7 @@ def test_cli_convert_and_export(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     assert main(["convert", str(ckpt), "--out", str(out)]) == 0  # config found beside the .pt
     assert HOOK in capsys.readouterr().out
-    folder = out / "samples_400000" / HOOK
+    folder = out / "run" / HOOK  # samples_400000.pt is every run's name: its folder's instead
     assert (folder / "cfg.json").is_file()
 
     with warnings.catch_warnings():
@@ -426,21 +426,43 @@ def test_ctrl_c_in_convert_and_export_is_one_line(tmp_path: Path, capsys, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_cli_converts_several_saes_at_one_hook_into_one_out(tmp_path: Path, capsys) -> None:
+def test_cli_converts_several_runs_at_one_hook_into_one_out(tmp_path: Path, capsys) -> None:
+    """Every reference run's final file is samples_400000.pt: each run gets its own folder
+    (the run name in its final_config.yaml, else its folder), and --overwrite never replaces
+    one run's SAEs with another's."""
     out = tmp_path / "saes"
+    named = make_reference_config(HOOK, wandb_run_name="e2e_l6", wandb_run_name_prefix="gpt2_")
+    runs = {"run_a": make_reference_config(HOOK), "run_b": make_reference_config(HOOK),
+            "gpt2_e2e_l6": named}  # fmt: skip
     sources = {}
-    for seed, name in enumerate(["samples_100.pt", "samples_200.pt"]):
+    for seed, (folder, config) in enumerate(runs.items()):
         sd = make_reference_sd([HOOK], seed=seed)
-        ckpt, _ = write_checkpoint(tmp_path / "run", sd, make_reference_config(HOOK), name)
+        where = tmp_path / (folder if folder.startswith("run") else "downloads")
+        ckpt, _ = write_checkpoint(where, sd, config)
         assert main(["convert", str(ckpt), "--out", str(out)]) == 0
-        sources[ckpt.stem] = sd
-    assert sorted(p.name for p in out.iterdir()) == sorted(sources)
+        sources[folder] = (ckpt, sd)
+    assert sorted(p.name for p in out.iterdir()) == sorted(runs)
     x = torch.randn(4, D_IN)
-    for stem, sd in sources.items():
-        sae = SAE.load_from_disk(out / stem / HOOK)
+    for folder, (_, sd) in sources.items():
+        sae = SAE.load_from_disk(out / folder / HOOK)
         assert rel_err(sae(x), reference_forward(sd, "blocks-6-hook_resid_pre.", x)) < 1e-6
-    assert main(["convert", str(tmp_path / "run" / "samples_100.pt"), "--out", str(out)]) == 1
+    run_a = str(sources["run_a"][0])
+    assert main(["convert", run_a, "--out", str(out)]) == 1
     assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["convert", run_a, "--out", str(out), "--overwrite"]) == 0  # the same source
+    # Another checkpoint of run_a (another step): never into run_a's folder, even with
+    # --overwrite; --name puts it beside.
+    step = write_checkpoint(tmp_path / "run_a", make_reference_sd([HOOK], seed=9),
+                            make_reference_config(HOOK), "samples_200000.pt")[0]  # fmt: skip
+    assert main(["convert", str(step), "--out", str(out), "--overwrite"]) == 1
+    assert f"holds SAEs converted from another source ({run_a})" in capsys.readouterr().err
+    assert main(["convert", str(step), "--out", str(out), "--name", "run_a_200k"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*runs, "run_a_200k"])
+    # A file named for what it holds keeps its name.
+    hf = write_checkpoint(tmp_path / "hf", make_reference_sd([HOOK]), make_reference_config(HOOK),
+                          "e2e_similar_ce_layer_6.pt")[0]  # fmt: skip
+    assert main(["convert", str(hf), "--out", str(out)]) == 0
+    assert (out / "e2e_similar_ce_layer_6" / HOOK / "cfg.json").is_file()
 
 
 def test_cli_reports_bad_input(tmp_path: Path, capsys) -> None:

@@ -21,9 +21,12 @@ CONVERT_EPILOG = textwrap.dedent(
                                           (e.g. paper:e2e/6/similar_ce; TYPE local|e2e|e2e+ds)
 
     Writes OUT/NAME/<hook_name>/cfg.json + sae_weights.safetensors for every SAE in the
-    checkpoint, loadable with sae_lens.SAE.load_from_disk. NAME is the wandb run id (also for
-    paper:), the hub file STEM or the checkpoint's file name without .pt, so several SAEs can
-    be converted into one OUT. Offline: --local-dir DIR holding the files.
+    checkpoint, loadable with sae_lens.SAE.load_from_disk. NAME says which run it is: the
+    wandb run id (also for paper:), the hub file STEM; for a local CHECKPOINT.pt its file
+    name without .pt, unless that is the generic samples_<N>.pt of every reference run: then
+    the run name in its final_config.yaml (wandb_run_name), else the folder holding it, else
+    a short hash of the file. --name NAME chooses it. --overwrite replaces a conversion of
+    the same source only. Offline: --local-dir DIR holding the files.
     """
 )
 
@@ -49,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "or ~/.cache/sae_lens_e2e)")  # fmt: skip
     p.add_argument("--force-download", action="store_true", help="ignore cached downloads")
     p.add_argument("--model-name", help="override metadata.model_name (default tlens_model_name)")
+    p.add_argument("--name", help="the folder under --out (default: the source's run, see below)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT/NAME if converted before")
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload each SAE to this HF repo")
     p.add_argument("--hub-prefix", default="", help="folder in the repo to put the SAEs under")
@@ -66,10 +70,13 @@ def run_convert(args: argparse.Namespace) -> int:
     from sae_lens_e2e.loading.huggingface import push_to_hub
     from sae_lens_e2e.loading.reference_format import E2EConversionError
     from sae_lens_e2e.loading.sources import convert_source, source_name
-    from sae_lens_e2e.names import inside
+    from sae_lens_e2e.names import inside, is_folder_name
 
     try:
-        out = inside(args.out, source_name(args.source), error=E2EConversionError)
+        if args.name is not None and not is_folder_name(args.name):
+            raise E2EConversionError(f"--name {args.name!r}: not a plain folder name")
+        name = args.name or source_name(args.source, args.config)
+        out = inside(args.out, name, error=E2EConversionError)
         written = convert_source(
             args.source, out, config=args.config, cache_dir=args.cache_dir,
             local_dir=args.local_dir, force_download=args.force_download,

@@ -152,6 +152,33 @@ def check_destination(out: Path, overwrite: bool) -> None:
         )
 
 
+def _identity(source: Any) -> set[tuple[str, Any]]:
+    """What identifies a conversion's source: its file's content, and where it came from."""
+    if not isinstance(source, Mapping):
+        return set()
+    keys = [("sha256",), ("path",), ("hf_repo", "hf_file"), ("wandb_run",)]
+    return {
+        (str(k), tuple(source.get(x) for x in k)) for k in keys if all(source.get(x) for x in k)
+    }
+
+
+def _check_same_source(out: Path, source: Any) -> None:
+    """--overwrite replaces a conversion of the same source only, never another run's SAEs
+    that happen to share the folder name."""
+    mine = _identity(source)
+    for cfg_json in sorted(out.glob(f"*/{SAE_CFG_FILENAME}")) if out.is_dir() else []:
+        try:
+            theirs = json.loads(cfg_json.read_text()).get("metadata", {}).get("e2e_source")
+        except (OSError, ValueError):
+            theirs = None
+        if mine and theirs and not mine & _identity(theirs):
+            where = theirs.get("path") or theirs.get("wandb_run") or theirs.get("hf_file")
+            raise E2EConversionError(
+                f"{out}: holds SAEs converted from another source ({where}); not replacing "
+                "them (pass --name NAME to convert into another folder)"
+            )
+
+
 def _not_converted(out: Path) -> list[str]:
     """What in `out` a conversion did not write: anything but folders of cfg.json + weights."""
     found = []
@@ -185,6 +212,7 @@ def write_saelens_folders(
     out = Path(out_dir).absolute()
     for hook in converted:  # each becomes a folder: a hook name, inside `out`
         check_hook_name(hook, "SAE position", E2EConversionError)
+    _check_same_source(out, next(iter(converted.values()))[0]["metadata"].get("e2e_source"))
     check_destination(out, overwrite)
     with atomic_directory(out) as tmp:
         for hook, (cfg, sd) in converted.items():

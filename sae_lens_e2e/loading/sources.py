@@ -9,6 +9,7 @@ conversion step.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,16 @@ from sae_lens_e2e.loading.convert import (
 )
 from sae_lens_e2e.loading.huggingface import DEFAULT_HF_REPO, fetch_hf_sae, parse_hf_spec
 from sae_lens_e2e.loading.paper import find_paper_sae, parse_paper_spec
-from sae_lens_e2e.loading.reference_format import REFERENCE_CONFIG_FILENAME, E2EConversionError
+from sae_lens_e2e.loading.reference_format import (
+    REFERENCE_CONFIG_FILENAME,
+    E2EConversionError,
+    checkpoint_step,
+    file_sha256,
+    load_reference_config,
+)
 from sae_lens_e2e.loading.source_files import SourceFiles, SourceNotFoundError
 from sae_lens_e2e.loading.wandb import DEFAULT_WANDB_PROJECT, fetch_wandb_run, parse_wandb_path
+from sae_lens_e2e.names import MAX_NAME, is_folder_name
 
 
 def select_sae(converted: Mapping[str, ConvertedSAE], hook: str | None, where: str) -> ConvertedSAE:
@@ -188,16 +196,32 @@ def resolve_source(
     return _local_checkpoint(Path(spec), config)
 
 
-def source_name(spec: str) -> str:
-    """The folder the CLI converts `spec` into under --out: the wandb run id (also for paper:),
-    the hub file stem or the checkpoint's file stem, so SAEs at one hook do not collide."""
+def source_name(spec: str, config: str | Path | None = None) -> str:
+    """The folder the CLI converts `spec` into under --out, named by what identifies the
+    source, so that two runs never share one: the wandb run id (also for paper:), the hub
+    file stem; for a local checkpoint its file stem, unless that is the reference's generic
+    `samples_<N>` (every run's final file is samples_400000.pt): then the run name in its
+    final_config.yaml, else the folder holding it, else a short hash of its content."""
     if spec.startswith("paper:"):
         return parse_paper_spec(spec).wandb_run
     if spec.startswith("wandb:"):
         return parse_wandb_path(spec).run_id
     if spec.startswith("hf:"):
         return parse_hf_spec(spec)[1]
-    return Path(spec).stem
+    files = _local_checkpoint(Path(spec), config)
+    if checkpoint_step(files.checkpoint.name) is None and is_folder_name(files.checkpoint.stem):
+        return files.checkpoint.stem
+    raw = load_reference_config(files.config).raw
+    run = raw.get("wandb_run_name")
+    candidates = [
+        f"{raw.get('wandb_run_name_prefix') or ''}{run}" if isinstance(run, str) and run else "",
+        files.checkpoint.absolute().parent.name,
+    ]
+    for candidate in candidates:
+        name = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", candidate).strip("._")[:MAX_NAME]
+        if is_folder_name(name):
+            return name
+    return "sha256-" + file_sha256(files.checkpoint)[:12]
 
 
 def _local_checkpoint(ckpt: Path, config: str | Path | None) -> SourceFiles:
