@@ -5,7 +5,9 @@ in place gets the modes a plain mkdir/open gives under the user's umask, so coll
 read it: tempfile's mkdtemp/mkstemp (0700/0600) are not used, and files a writer made 0600
 itself (safetensors does) are set to those modes before the rename. Temporary names carry the
 writer's host and process id: a later run removes those whose writer was killed
-(`remove_stale_temporaries`) and never touches anything else.
+(`remove_stale_temporaries`, also at the start of every atomic write) and never touches
+anything else. A target that is a symlink is written through: the swap happens beside the
+folder or file it points to, and the link stays.
 """
 
 from __future__ import annotations
@@ -97,11 +99,18 @@ def _new_file(path: Path) -> None:
     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # umask applies
 
 
+def _through_links(path: str | Path) -> Path:
+    """Where a write to `path` lands: the target of a symlink (kept), else `path` itself."""
+    path = Path(path).absolute()
+    return path.resolve() if path.is_symlink() else path
+
+
 @contextmanager
 def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
     """Yield a temp dir next to `out_dir`; it replaces `out_dir` only if the block succeeds."""
-    out = Path(out_dir).absolute()
+    out = _through_links(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent, re.escape(out.name))  # of killed earlier writers
     tmp = _create(out, _TMP, Path.mkdir)  # mode 0o777 minus the umask
     try:
         yield tmp
@@ -133,13 +142,16 @@ def _replace_directory(tmp: Path, out: Path) -> None:
     except BaseException:
         os.rename(backup, out)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
+    if backup.is_symlink():  # rmtree refuses links: it would leave the backup behind
+        backup.unlink()
+    else:
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's directory; `os.replace` it into place on success."""
-    path = Path(path).absolute()
+    path = _through_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create(path, _TMP, _new_file)
     mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 minus the umask

@@ -558,3 +558,24 @@ def test_reference_config_with_a_key_given_twice_is_refused(tmp_path: Path) -> N
     ckpt, cfg = write_checkpoint(tmp_path, sd, text)
     with pytest.raises(E2EConversionError, match="key 'tlens_model_name' given twice"):
         conv.convert_reference_checkpoint(ckpt, cfg)
+
+
+def test_overwrite_through_a_symlinked_folder_leaves_no_backup(tmp_path: Path) -> None:
+    """OUT/NAME is a symlink to a folder elsewhere (a bigger disk): --overwrite writes the new
+    conversion through it, keeps the link, and leaves no `.NAME.<host>-<pid>-*.old` behind;
+    one that a killed run left is removed by the next conversion."""
+    from e2e_helpers import killed_while_writing
+
+    ckpt, _ = write_checkpoint(
+        tmp_path / "run", make_reference_sd([HOOK]), make_reference_config(HOOK)
+    )
+    real, out = tmp_path / "big_disk" / "run", tmp_path / "saes"
+    assert main(["convert", str(ckpt), "--out", str(tmp_path / "big_disk")]) == 0
+    out.mkdir()
+    (out / "run").symlink_to(real, target_is_directory=True)
+    # A killed conversion's temporary, beside the target (made elsewhere, then moved there).
+    left = killed_while_writing(tmp_path / "scratch" / "run")
+    stale = left.rename(real.parent / left.name)
+    assert main(["convert", str(ckpt), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "run").is_symlink() and (out / "run" / HOOK / "cfg.json").is_file()
+    assert leftovers(out) == [] and leftovers(real.parent) == [] and not stale.exists()
