@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from sae_lens_e2e.version import __version__
+
 _EXPORTS = {
     "evaluate": "sae_lens_e2e.analysis.evaluation",
     "evaluate_many": "sae_lens_e2e.analysis.evaluation",
@@ -38,7 +40,7 @@ _EXPORTS = {
     "NonFiniteLossError": "sae_lens_e2e.training.checkpoints",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:

@@ -243,3 +243,17 @@ def test_write_failures_name_the_file_and_the_cause(tmp_path, monkeypatch):
         (tmp / "x").write_text("x")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_version(capsys):
+    import importlib.metadata
+
+    import sae_lens_e2e
+
+    assert sae_lens_e2e.__version__ == importlib.metadata.version("sae-lens-e2e")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"sae-lens-e2e {sae_lens_e2e.__version__} (sae-lens ")
+    assert len(out.splitlines()) == 1 and "torch" in out

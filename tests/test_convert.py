@@ -19,6 +19,7 @@ from sae_lens import SAE
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
+import sae_lens_e2e
 from sae_lens_e2e.cli import main
 from sae_lens_e2e.loading import convert as conv
 from sae_lens_e2e.loading import export
@@ -115,6 +116,7 @@ def test_convert_matches_reference_forward(tmp_path: Path) -> None:
     assert (cfg_json["d_in"], cfg_json["d_sae"]) == (D_IN, D_SAE)
     meta = cfg_json["metadata"]
     assert meta["hook_name"] == hook and meta["model_name"] == "gpt2"
+    assert meta["sae_lens_e2e_version"] == sae_lens_e2e.__version__
     assert meta["e2e_source"]["sha256"] == ref.file_sha256(ckpt)
     assert meta["model_from_pretrained_kwargs"] == ref.TLENS_DEFAULT_PROCESSING
     assert meta["prepend_bos"] is False and meta["context_size"] == 1024

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -90,6 +91,9 @@ def test_saved_sae_loads_in_stock_saelens_and_matches(tmp_path, architecture):
     for meta in (cfg_json["metadata"], runner_cfg["sae"]["metadata"]):
         assert meta["training_strategy"] == "e2e", meta
         assert meta["training_architecture_details"]["strategy"] == "e2e", meta
+    version = importlib.metadata.version("sae-lens-e2e")
+    assert cfg_json["metadata"]["sae_lens_e2e_version"] == version
+    assert runner_cfg["sae_lens_e2e_version"] == version
     # A fresh interpreter that never imports sae_lens_e2e: plain SAELens must load it.
     result = subprocess.run(
         [sys.executable, "-c", STOCK_CHECK, str(folder), str(tmp_path / "xy.pt")],

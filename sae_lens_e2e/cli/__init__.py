@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from sae_lens_e2e.cli.errors import user_message
+from sae_lens_e2e.version import version_line
 
 # Each module exposes `add_parser(subparsers)`, which registers a sub-command and sets
 # `func(args) -> int` as its default. They import nothing heavy (torch, SAELens) at module
@@ -21,11 +22,20 @@ SUBCOMMAND_MODULES = [
 ]
 
 
+class _Version(argparse.Action):
+    """One unwrapped line (argparse's own version action wraps it to the terminal)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-lens-e2e",
         description="End-to-end sparse autoencoder training for SAELens.",
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the versions and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)

@@ -31,6 +31,7 @@ from sae_lens_e2e.loading.reference_format import (
     split_reference_state_dict,
 )
 from sae_lens_e2e.names import check_hook_name, inside
+from sae_lens_e2e.version import __version__
 
 # ---------------------------------------------------------------------------------------------
 # Reference -> SAELens
@@ -81,6 +82,7 @@ def saelens_cfg_dict(
     metadata: dict[str, Any] = {
         "sae_lens_version": sae_lens.__version__,
         "sae_lens_training_version": None,
+        "sae_lens_e2e_version": __version__,
         "model_name": model_name or config.model_name,
         "model_class_name": "HookedTransformer",
         "model_from_pretrained_kwargs": dict(TLENS_DEFAULT_PROCESSING),

@@ -24,6 +24,7 @@ from sae_lens_e2e.loading.reference_format import (
 from sae_lens_e2e.names import check_hook_name
 from sae_lens_e2e.sae_files import describe_non_finite, non_finite_weights
 from sae_lens_e2e.training.warm_start import unit_decoder_weights
+from sae_lens_e2e.version import __version__
 
 
 def _check_representable(sae: Any) -> None:
@@ -156,7 +157,7 @@ def export_reference_checkpoint(
     for p in (out_path, config_path):
         if p.exists() and not overwrite:
             raise E2EConversionError(f"{p}: file exists (pass --overwrite / overwrite=True)")
-    header = f"# exported by sae_lens_e2e from SAELens {sae_lens.__version__}\n"
+    header = f"# exported by sae_lens_e2e {__version__} from SAELens {sae_lens.__version__}\n"
     with atomic_file(out_path) as tmp:
         torch.save(sd, tmp)
     with atomic_file(config_path) as tmp:

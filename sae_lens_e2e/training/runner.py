@@ -38,6 +38,7 @@ from sae_lens_e2e.training.validation import (
     sae_hook_names,
     validate_run,
 )
+from sae_lens_e2e.version import __version__
 
 EVAL_RESULTS_FILENAME = "eval_results.json"
 
@@ -120,6 +121,7 @@ class E2ESAETrainingRunner:
                 sequence_separator_token=self.cfg.sequence_separator_token,
                 disable_concat_sequences=self.cfg.disable_concat_sequences,
                 exclude_special_tokens=self.cfg.exclude_special_tokens,
+                sae_lens_e2e_version=__version__,
             )
         )
         sae_cfg = dataclasses.replace(self.cfg.sae, metadata=metadata, device=self.cfg.device)
@@ -258,7 +260,9 @@ class E2ESAETrainingRunner:
                 save_file({"sparsity": density.contiguous()}, tmp / SPARSITY_FILENAME)
         scalars = {k: v for k, v in results.items() if not isinstance(v, torch.Tensor)}
         files = {
-            RUNNER_CFG_FILENAME: json.dumps(self.cfg.to_dict(), default=str),
+            RUNNER_CFG_FILENAME: json.dumps(
+                {**self.cfg.to_dict(), "sae_lens_e2e_version": __version__}, default=str
+            ),
             EVAL_RESULTS_FILENAME: json.dumps(scalars, indent=2),
         }
         for name, text in files.items():

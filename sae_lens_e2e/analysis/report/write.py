@@ -31,6 +31,7 @@ from sae_lens_e2e.analysis.report.table import (
     table_headers,
     table_rows,
 )
+from sae_lens_e2e.version import __version__
 
 # ----------------------------------------------------------------------------- writing
 
@@ -38,6 +39,7 @@ from sae_lens_e2e.analysis.report.table import (
 def report_dict(result: ReportData) -> dict[str, Any]:
     """Everything in report.md, at full precision, for scripts and tests."""
     return {
+        "sae_lens_e2e_version": __version__,
         "model": result.model_name,
         "dataset": result.dataset_name,
         "hook": result.hook,
