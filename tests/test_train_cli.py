@@ -288,3 +288,36 @@ def test_memory_estimate_counts_every_sae_and_the_codes(monkeypatch):
         validation.check_memory(cfg)
     monkeypatch.setattr(validation, "available_memory", lambda d: (10**12, "GPU memory free"))
     validation.check_memory(cfg)  # 2.6 GB fits
+
+
+@pytest.mark.parametrize("layout", ["config.json", "quickstart cache"])
+def test_train_on_a_local_model_folder(tmp_path, layout):
+    """`model_name` may be a model folder: model.pt with config.json (save_local_model), or
+    with info.json as the quickstart caches its byte LM (as `evaluate --model DIR` reads)."""
+    import json
+
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_e2e.models import byte_lm_config, save_local_model
+
+    folder = tmp_path / "my_model"
+    lm = {"n_layers": 3, "d_model": 16, "d_head": 4, "n_ctx": 32, "seed": 1}
+    model = HookedTransformer(byte_lm_config(**lm))
+    save_local_model(model, folder)
+    if layout == "quickstart cache":
+        (folder / "config.json").unlink()
+        (folder / "info.json").write_text(json.dumps({"lm": {**lm, "steps": 500}}))
+    path = _write_config(tmp_path, model_name=str(folder))
+    assert cli.main(["train", str(path)]) == 0
+    sae = SAE.load_from_disk(tmp_path / "out" / "blocks.1.hook_resid_pre")
+    assert sae.cfg.metadata.model_name == str(folder)
+
+
+def test_unknown_model_name_names_the_nearest_ones_in_one_line(tmp_path, capsys):
+    path = _write_config(tmp_path, model_name="gtp2-smal")
+    capsys.readouterr()
+    assert cli.main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 400, err
+    assert "model_name='gtp2-smal' is neither a TransformerLens model name nor a local model " \
+        "folder (model.pt + config.json); nearest: gpt2-small" in err  # fmt: skip

@@ -27,6 +27,7 @@ from sae_lens_e2e.analysis.report import ReportData, SAERun
 from sae_lens_e2e.atomic import atomic_directory
 from sae_lens_e2e.loading.paper import PAPER_GPT2_CLEAN_CE, PaperSAE
 from sae_lens_e2e.loading.sae_source import SourceSAE, load_source
+from sae_lens_e2e.models import check_model_name
 from sae_lens_e2e.sae_files import describe_non_finite, non_finite_weights
 from sae_lens_e2e.training.config import STRATEGIES
 from sae_lens_e2e.training.validation import check_sae_fits
@@ -132,14 +133,11 @@ def resolve_settings(cfg: EvaluateConfig, saes: list[SourceSAE]) -> EvalSettings
 
 
 def load_model(name: str, settings: EvalSettings, device: str) -> Any:
-    """A quickstart model folder, else a TransformerLens model via SAELens's `load_model`."""
-    if is_quickstart_model(name):
-        from sae_lens_e2e.quickstart.tiny_lm import load_tiny_model
+    """A local model folder (e.g. a quickstart's), else a TransformerLens model via SAELens's
+    `load_model` (models.py)."""
+    from sae_lens_e2e.models import load_model as load_language_model
 
-        return load_tiny_model(name, device=device)
-    from sae_lens.load_model import load_model as saelens_load_model
-
-    model = saelens_load_model(
+    model = load_language_model(
         "HookedTransformer",
         name,
         device=device,
@@ -277,6 +275,7 @@ def run_evaluate(
 
     out = Path(out)
     cfg.validate()
+    check_model_name(cfg.model, "--model")  # before any SAE is fetched
     check_output_dir(
         out,
         overwrite,

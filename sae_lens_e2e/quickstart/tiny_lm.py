@@ -24,11 +24,11 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_lens_e2e.atomic import atomic_directory
 from sae_lens_e2e.cache import CACHE_ENV, default_cache_dir
+from sae_lens_e2e.models import BYTE_LM_NAME, BYTE_VOCAB, byte_lm_config
 from sae_lens_e2e.preflight import check_writable
 
-TINY_MODEL_NAME = "quickstart-bytes-lm"
+TINY_MODEL_NAME = BYTE_LM_NAME
 TINY_DATASET_NAME = "pydoc_data.topics (byte-level)"
-BYTE_VOCAB = 256
 
 
 # ----------------------------------------------------------------------------- config
@@ -114,20 +114,8 @@ def windows(stream: torch.Tensor, context: int) -> torch.Tensor:
 
 
 def tiny_model_config(lm: TinyLMConfig, device: str) -> HookedTransformerConfig:
-    return HookedTransformerConfig(
-        n_layers=lm.n_layers,
-        d_model=lm.d_model,
-        d_head=lm.d_head,
-        n_heads=lm.d_model // lm.d_head,
-        d_mlp=4 * lm.d_model,
-        n_ctx=lm.n_ctx,
-        d_vocab=BYTE_VOCAB,
-        act_fn="gelu",
-        normalization_type="LN",
-        model_name=TINY_MODEL_NAME,
-        device=device,
-        seed=lm.seed,
-    )
+    """The model's architecture (models.py, which also loads a cached one as a folder)."""
+    return byte_lm_config(lm.n_layers, lm.d_model, lm.d_head, lm.n_ctx, lm.seed, device)
 
 
 def tiny_model_key(lm: TinyLMConfig, corpus: ByteCorpus) -> str:

@@ -100,14 +100,16 @@ def hf_workload(cfg: QuickstartConfig, device: str, precheck: ModelCheck | None 
     Held-out tokens are the first sequences of the dataset's stream: each runner reserves
     exactly these (`runner_eval_sequences`) before it trains, so no SAE trains on them.
     """
-    from sae_lens.load_model import load_model
     from sae_lens.training.activations_store import ActivationsStore
+
+    from sae_lens_e2e.models import load_model  # a TransformerLens name or a model folder
 
     model = load_model(
         "HookedTransformer",
         cfg.model,
         device=device,
         model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
+        field="--model",
     )
     model.requires_grad_(False).eval()
     hook = cfg.hook or default_hook(model)

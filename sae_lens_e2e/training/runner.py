@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from sae_lens.config import HfDataset, LanguageModelSAERunnerConfig
 from sae_lens.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
-from sae_lens.load_model import load_model
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.training.activations_store import ActivationsStore
@@ -24,6 +23,7 @@ from safetensors.torch import save_file
 from sae_lens_e2e.analysis.evaluation import alive_tokens_note, dead_latent_warnings, evaluate
 from sae_lens_e2e.atomic import WriteFailedError, atomic_directory, atomic_file
 from sae_lens_e2e.locks import check_free, folder_lock
+from sae_lens_e2e.models import load_model  # a TransformerLens name or a model folder
 from sae_lens_e2e.names import inside
 from sae_lens_e2e.training import warm_start
 from sae_lens_e2e.training.checkpoints import TrainingInterrupted
