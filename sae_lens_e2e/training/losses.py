@@ -17,7 +17,13 @@ from transformer_lens import HookedTransformer
 from sae_lens_e2e import kernels
 from sae_lens_e2e.training.config import E2ETrainingMixin, LossCoefficients
 from sae_lens_e2e.training.logits import residual_kl
-from sae_lens_e2e.training.splice import SplicedRun, hook_layer, run_prefix, run_suffix
+from sae_lens_e2e.training.splice import (
+    SplicedRun,
+    frozen,
+    hook_layer,
+    run_prefix,
+    run_suffix,
+)
 
 
 def logits_kl(
@@ -106,7 +112,17 @@ def compute_loss_terms(
     With `all_terms=False`, terms whose weight is zero and that would need extra model
     compute (KL and in_to_orig for `local`) are skipped, as the trainer does off log steps.
     """
-    e2e_cfg = as_e2e_config(cfg)
+    with frozen(model, keep=saes.values()):  # no gradient reaches the model
+        return _loss_terms(model, saes, tokens, as_e2e_config(cfg), all_terms)
+
+
+def _loss_terms(
+    model: HookedTransformer,
+    saes: Mapping[str, Any],
+    tokens: torch.Tensor,
+    e2e_cfg: E2ETrainingMixin,
+    all_terms: bool,
+) -> dict[str, torch.Tensor]:
     plan = SplicePlan.build(model, saes, e2e_cfg)
     coeffs = plan.coefficients
     need_logits = all_terms or coeffs.kl > 0

@@ -112,11 +112,34 @@ def _sae_hook(
 
 
 @contextmanager
+def frozen(module: torch.nn.Module, keep: Iterable[Any] = ()) -> Iterator[None]:
+    """Run `module` without recording its parameters in the autograd graph, so no gradient
+    ever reaches them, even when the caller left them trainable (a freshly loaded model):
+    their `requires_grad` flags are restored afterwards. Parameters of the modules in `keep`
+    (SAEs attached to the model) are left alone."""
+    kept = {id(p) for m in keep for p in m.parameters()}
+    trainable = [p for p in module.parameters() if p.requires_grad and id(p) not in kept]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def _recomputed(block: Any, *args: Any, **kwargs: Any) -> Any:
+    """A block's forward, frozen also when it is recomputed during the backward pass."""
+    with frozen(block):
+        return type(block).forward(block, *args, **kwargs)
+
+
+@contextmanager
 def checkpointed_blocks(model: HookedTransformer, layers: Iterable[int]) -> Iterator[None]:
     """Recompute these blocks in backward instead of storing their activations."""
     blocks = [model.blocks[i] for i in layers]
     for block in blocks:
-        block.forward = partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)
+        block.forward = partial(checkpoint, partial(_recomputed, block), use_reentrant=False)
     try:
         yield
     finally:
