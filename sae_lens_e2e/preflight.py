@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -124,3 +125,63 @@ def available_memory(device: str | None) -> tuple[int, str] | None:
         return int(psutil.virtual_memory().available), "RAM available"
     except ImportError:
         return None
+
+
+def usable_cpus() -> list[int] | None:
+    """The CPUs this process may run on (its affinity), where the OS says."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return sorted(getaffinity(0)) if getaffinity else None
+
+
+def _cpu_jiffies(cpus: list[int]) -> tuple[int, int] | None:
+    """(busy, total) jiffies of `cpus` since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            lines = [line.split() for line in f if line.startswith("cpu")]
+    except OSError:
+        return None
+    busy = total = 0
+    wanted = {f"cpu{i}" for i in cpus}
+    for fields in lines:
+        if fields[0] in wanted:
+            values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+            total += sum(values)
+            busy += sum(values) - values[3] - values[4]
+    return (busy, total) if total else None
+
+
+def busy_cores(interval: float = 0.3) -> float | None:
+    """How many of this process's CPUs other processes keep busy right now (this one sleeps
+    while it measures): /proc/stat over `interval` seconds, else the 1-minute load average;
+    None where neither exists."""
+    cpus = usable_cpus()
+    before = _cpu_jiffies(cpus) if cpus else None
+    if before is not None:
+        time.sleep(interval)
+        after = _cpu_jiffies(cpus)
+        if after is not None and after[1] > before[1]:
+            return len(cpus) * (after[0] - before[0]) / (after[1] - before[1])
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def fair_threads(requested: int | None = None) -> tuple[int, str]:
+    """Torch CPU threads for a shared machine, and why: never more than the cores idle now
+    (with one other CPU-bound job on 2 cores, 2 threads wait on each other at every op and
+    ran the quickstart's LM 17x slower than 1 thread); `requested` or OMP_NUM_THREADS win."""
+    import torch
+
+    if requested:
+        return requested, "--threads"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "OMP_NUM_THREADS"
+    cpus = usable_cpus()
+    n_cpus = len(cpus) if cpus else os.cpu_count() or 1
+    busy = busy_cores()
+    if busy is None:
+        return torch.get_num_threads(), "torch's default"
+    idle = max(1, min(n_cpus, round(n_cpus - busy)))
+    threads = min(torch.get_num_threads(), idle)
+    return threads, f"{busy:.1f} of {n_cpus} cores busy with other processes"

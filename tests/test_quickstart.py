@@ -26,7 +26,6 @@ from sae_lens_e2e.cli import build_parser, main
 from sae_lens_e2e.cli.quickstart import config_from_args, parse_coefficients
 from sae_lens_e2e.quickstart.config import SCHEDULES, TINY_COEFFICIENTS, QuickstartConfig
 from sae_lens_e2e.quickstart.tiny_lm import (
-    TinyLMConfig,
     load_pydoc_corpus,
     load_tiny_model,
     training_note,
@@ -368,10 +367,40 @@ def test_training_note_says_what_comes_first(quickstart_run, tmp_path, monkeypat
     lm = QuickstartConfig.from_dict(TINY).lm
     assert "trained by an earlier run" in training_note(lm, "cpu")  # the fixture's model
     monkeypatch.setenv("SAE_LENS_E2E_CACHE", str(tmp_path / "empty"))
-    note = training_note(lm, "cpu")
-    assert "first trains a small byte-level language model" in note and "2-core CPU" in note
-    assert "about 2.5 min" in training_note(TinyLMConfig(), "cpu")  # the default model
+    note = training_note(lm, "cpu", "1 torch thread (1.0 of 2 cores busy with other processes)")
+    assert "first trains a small byte-level language model" in note
+    assert " s/step measured just now with 1 torch thread (1.0 of 2 cores busy" in note
     assert str(tmp_path / "empty") in note
+
+
+SPINNER = "import sys\nprint('spinning', flush=True)\nwhile True:\n    pass\n"
+
+
+def test_threads_leave_busy_cores_alone(monkeypatch):
+    """A CPU-bound process is seen as a busy core; torch gets no more threads than the cores
+    left idle (never fewer than one), unless --threads or OMP_NUM_THREADS say otherwise."""
+    import subprocess
+    import sys
+
+    from sae_lens_e2e import preflight
+
+    spinner = subprocess.Popen([sys.executable, "-c", SPINNER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert spinner.stdout.readline().strip() == "spinning"
+        assert preflight.busy_cores() >= 0.8
+    finally:
+        spinner.kill()
+        spinner.wait(timeout=60)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(preflight, "usable_cpus", lambda: [0, 1])
+    for busy, threads in [(1.0, 1), (1.3, 1), (2.0, 1), (0.4, 2), (0.0, 2)]:
+        monkeypatch.setattr(preflight, "busy_cores", lambda b=busy: b)
+        assert preflight.fair_threads() == (threads, f"{busy:.1f} of 2 cores busy with other "
+                                            "processes")  # fmt: skip
+    assert preflight.fair_threads(3) == (3, "--threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert preflight.fair_threads() == (2, "OMP_NUM_THREADS")
 
 
 @pytest.mark.parametrize(

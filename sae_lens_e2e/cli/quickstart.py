@@ -9,7 +9,7 @@ from typing import Any
 
 from sae_lens_e2e.cli.train import note_offline
 from sae_lens_e2e.config_fields import read_yaml_mapping
-from sae_lens_e2e.preflight import check_device, go_offline_if_hub_unreachable
+from sae_lens_e2e.preflight import check_device, fair_threads, go_offline_if_hub_unreachable
 
 DEFAULT_OUT = "e2e_quickstart"
 
@@ -139,6 +139,13 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--hook", help="SAE position (default: blocks.<n_layers//2>.hook_resid_pre)")
     group.add_argument("--context-size", type=int, help="tokens per sequence (default: 128)")
     group.add_argument("--device", help="cpu, cuda, ... (default: cuda if available, else cpu)")
+    group.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (default: no more than the cores other processes leave idle, "
+        "measured at the start; OMP_NUM_THREADS also sets it)",
+    )
     group = parser.add_argument_group("SAEs")
     group.add_argument(
         "--strategies",
@@ -182,6 +189,16 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def share_cpu(requested: int | None) -> str:
+    """Use no more torch threads than the cores idle now (a shared machine costs at most its
+    fair share; more threads than free cores wait on each other at every op)."""
+    import torch
+
+    threads, why = fair_threads(requested)
+    torch.set_num_threads(threads)
+    return f"{threads} torch thread{'s' if threads > 1 else ''} ({why})"
+
+
 def run(args: argparse.Namespace) -> int:
     from sae_lens_e2e.analysis.report import format_summary
     from sae_lens_e2e.quickstart.config import resolve_device
@@ -194,12 +211,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.validate()
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     check_device(cfg.device, "--device")  # before the note below
     check_output_dir(Path(args.out), args.overwrite)  # before any slow work
+    device = resolve_device(cfg.device)
+    threads = share_cpu(args.threads) if device == "cpu" else ""
     if cfg.model is not None:
         note_offline(go_offline_if_hub_unreachable())
     elif not args.quiet:
-        print(training_note(cfg.lm, resolve_device(cfg.device)), file=sys.stderr)
+        print(training_note(cfg.lm, device, threads), file=sys.stderr)
     try:
         result = run_quickstart(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
     except KeyboardInterrupt:

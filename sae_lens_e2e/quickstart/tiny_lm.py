@@ -138,14 +138,23 @@ def cached_model_dir(lm: TinyLMConfig, corpus: ByteCorpus) -> Path | None:
     return cache if done else None
 
 
-# Wall time of training the default TinyLMConfig on a 2-core CPU (about 2.5 min, measured in
-# issue 15). Other settings scale it by their training compute: steps x tokens per step x
-# n_layers x d_model^2.
-_REFERENCE_CPU_SECONDS = 150.0
+def seconds_per_step(corpus: ByteCorpus, lm: TinyLMConfig, device: str, steps: int = 2) -> float:
+    """Wall time of one training step of the tiny LM, measured here and now (after a warm-up
+    step): on a machine shared with other jobs that is what the training will take."""
+    model = HookedTransformer(tiny_model_config(lm, device))
+    opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(lm.seed)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        _train_step(model, opt, _random_windows(corpus, lm, gen).to(device))
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
 
 
-def training_note(lm: TinyLMConfig, device: str) -> str:
-    """What the quickstart does first and roughly how long it takes (said before it starts)."""
+def training_note(lm: TinyLMConfig, device: str, threads: str = "") -> str:
+    """What the quickstart does first and how long it will take (said before it starts): the
+    step time is measured with the threads it will use, so a busy machine shows in it."""
     corpus = load_pydoc_corpus(lm.heldout_fraction, lm.corpus_bytes)
     cached = cached_model_dir(lm, corpus)
     if cached is not None:
@@ -153,16 +162,11 @@ def training_note(lm: TinyLMConfig, device: str) -> str:
     if device.startswith("cuda"):
         estimate = "well under a minute on a GPU"
     else:
-
-        def work(c: TinyLMConfig) -> float:
-            return c.steps * c.batch_size * c.n_ctx * c.n_layers * c.d_model**2
-
-        minutes = _REFERENCE_CPU_SECONDS * work(lm) / work(TinyLMConfig()) / 60
-        estimate = (
-            "under a minute on a 2-core CPU"
-            if minutes < 1
-            else f"about {minutes:.1f} min on a 2-core CPU, less on a faster one"
-        )
+        step = seconds_per_step(corpus, lm, device)
+        minutes = step * lm.steps / 60
+        took = "under a minute" if minutes < 1 else f"about {minutes:.1f} min"
+        with_threads = f" with {threads}" if threads else ""
+        estimate = f"{took} at the {step:.2f} s/step measured just now{with_threads}"
     return (
         f"quickstart: first trains a small byte-level language model on the Python docs "
         f"({lm.steps} steps, {estimate}; once, then cached in {quickstart_cache_dir()}), "
@@ -193,6 +197,20 @@ def _lr_lambda(lm: TinyLMConfig) -> Callable[[int], float]:
     return factor
 
 
+def _random_windows(corpus: ByteCorpus, lm: TinyLMConfig, gen: torch.Generator) -> torch.Tensor:
+    starts = torch.randint(0, corpus.train.numel() - lm.n_ctx, (lm.batch_size, 1), generator=gen)
+    return corpus.train[starts + torch.arange(lm.n_ctx)]
+
+
+def _train_step(model: HookedTransformer, opt: torch.optim.Optimizer, batch: torch.Tensor) -> float:
+    loss = model(batch, return_type="loss")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
 def train_tiny_model(
     model: HookedTransformer, corpus: ByteCorpus, lm: TinyLMConfig, progress: bool = True
 ) -> None:
@@ -201,21 +219,12 @@ def train_tiny_model(
     torch.manual_seed(lm.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lm.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(lm))
-    offsets = torch.arange(lm.n_ctx)
     model.train()
     with tqdm(range(lm.steps), desc="training the tiny LM", disable=not progress) as bar:
         for _ in bar:
-            starts = torch.randint(
-                0, corpus.train.numel() - lm.n_ctx, (lm.batch_size, 1), generator=gen
-            )
-            batch = corpus.train[starts + offsets].to(model.cfg.device)
-            loss = model(batch, return_type="loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            loss = _train_step(model, opt, _random_windows(corpus, lm, gen).to(model.cfg.device))
             sched.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     model.eval()
 
 
