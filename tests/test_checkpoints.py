@@ -228,8 +228,11 @@ def test_resume_of_a_folder_of_runs_takes_the_run_of_this_config_or_names_them(t
     seven = runner_config(tmp_path, steps=3, checkpoint_path=str(root), seed=7, run_id=True)
     assert resolve_checkpoint(root, seven) == other / "step_000000003"
     lr = runner_config(tmp_path, steps=3, checkpoint_path=str(root), lr=0.5, run_id=True)
-    with pytest.raises(ValueError, match=f"no run in {root} was trained with this config "
-                       f"\\({mine.name}: lr 0.01 -> 0.5, .*; zzother: lr 0.01 -> 0.5, .*seed 7 -> 0"):  # fmt: skip
+    expected = (
+        f"no run in {root} was trained with this config \\({mine.name}: lr 0.01 -> 0.5, .*; "
+        "zzother: lr 0.01 -> 0.5, .*seed 7 -> 0"
+    )
+    with pytest.raises(ValueError, match=expected):
         resolve_checkpoint(root, lr)
     twin = _copy_run(mine, root / "twin")
     with pytest.raises(ValueError, match=f"holds 2 runs of this config: {mine.name} .*twin"):
