@@ -100,8 +100,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--resume",
         metavar="CHECKPOINT",
-        help="a step_* folder, or a folder holding them (e.g. checkpoint_path): the latest "
-        "complete checkpoint in it; later checkpoints are written beside it",
+        help="a step_* folder, a run folder (its latest checkpoint) or a folder of run folders "
+        "(e.g. checkpoint_path: the latest checkpoint of the one run there that this config "
+        "continues); later checkpoints are written beside it. A checkpoint written with other "
+        "training settings is refused, naming them",
     )
     parser.add_argument(
         "--allow-change",
