@@ -61,10 +61,10 @@ def _refusal(folder: Path, what: str, lock: Path, info: dict[str, Any]) -> Folde
 
 
 def check_free(folder: str | Path, what: str) -> None:
-    """Refuse before any work if a live run (or one on another host) holds `folder`."""
+    """Refuse before any work if another live run (or one on another host) holds `folder`."""
     lock = lock_path(folder)
     info = _read(lock)
-    if info is not None and not _stale(info):
+    if info is not None and not _stale(info) and not _ours(info):
         raise _refusal(Path(folder), what, lock, info)
 
 
@@ -95,11 +95,19 @@ def _try_create(lock: Path) -> bool:
         tmp.unlink(missing_ok=True)
 
 
+def _ours(info: dict[str, Any] | None) -> bool:
+    return bool(info) and info.get("host") == host_id() and info.get("pid") == os.getpid()
+
+
 @contextmanager
 def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
-    """Hold the lock of `folder` (its parent is created) for the duration of the block."""
+    """Hold the lock of `folder` (its parent is created) for the duration of the block;
+    re-entrant: a block inside another holding the same lock leaves it to that one."""
     folder = Path(folder).absolute()
     lock = lock_path(folder)
+    if _ours(_read(lock)):
+        yield lock
+        return
     lock.parent.mkdir(parents=True, exist_ok=True)
     while not _try_create(lock):
         info = _read(lock)
@@ -112,5 +120,5 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
     try:
         yield lock
     finally:
-        if (_read(lock) or {}).get("pid") == os.getpid():
+        if _ours(_read(lock)):
             lock.unlink(missing_ok=True)

@@ -281,6 +281,12 @@ def test_a_folder_held_by_a_live_run_is_refused_and_a_dead_runs_lock_is_removed(
         holder.kill()
         holder.wait(timeout=60)
     assert (tmp_path / ".out.lock").is_file()  # killed: its lock stays, stale
+
+    def locked_model(*args, **kwargs):  # the folder is this run's before the model loads
+        assert json.loads((tmp_path / ".out.lock").read_text())["pid"] == os.getpid()
+        return make_tiny_model()
+
+    monkeypatch.setattr("sae_lens_e2e.training.runner.load_model", locked_model)
     assert cli.main(["train", str(path)]) == 0
     assert (out / "blocks.1.hook_resid_pre" / "cfg.json").is_file()
     assert not (tmp_path / ".out.lock").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shlex
 import sys
 import warnings
@@ -11,7 +13,7 @@ from typing import Any
 
 from sae_lens_e2e.compat import keep_null_checkpoint_path
 from sae_lens_e2e.config_fields import build_config, read_yaml_mapping
-from sae_lens_e2e.locks import check_free
+from sae_lens_e2e.locks import check_free, folder_lock
 from sae_lens_e2e.preflight import check_writable, go_offline_if_hub_unreachable
 from sae_lens_e2e.training.resume import check_allowed
 
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if not (Path(cfg.model_name).exists() and Path(cfg.dataset_path).exists()):
         note_offline(go_offline_if_hub_unreachable())
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _output_lock(cfg):
             # SAELens's store builds token tensors from tensors on its pre-tokenised path
             warnings.filterwarnings("ignore", message="To copy construct from a tensor")
             runner = E2ESAETrainingRunner(
@@ -152,6 +154,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"sae-lens-e2e train: {interrupted(interrupt, args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _output_lock(cfg: Any) -> contextlib.AbstractContextManager[Any]:
+    """output_path locked from before the model loads (the runner's own lock, re-entrant,
+    would only take it once model and data are loaded); under torchrun rank 0 holds it."""
+    if not cfg.output_path or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return folder_lock(cfg.output_path, "output_path")
 
 
 def interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace) -> str:
