@@ -60,6 +60,15 @@ TINY: dict[str, Any] = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _keep_torch_threads():
+    """The quickstart CLI sets torch's thread count for its process (share_cpu); run in this
+    one, it must not change the thread count of the test modules that follow."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _write_config(path: Path, **changes: Any) -> Path:
     path.write_text(yaml.safe_dump({**TINY, **changes}))
     return path
