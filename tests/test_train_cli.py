@@ -321,3 +321,20 @@ def test_unknown_model_name_names_the_nearest_ones_in_one_line(tmp_path, capsys)
     assert len(err.splitlines()) == 1 and len(err) < 400, err
     assert "model_name='gtp2-smal' is neither a TransformerLens model name nor a local model " \
         "folder (model.pt + config.json); nearest: gpt2-small" in err  # fmt: skip
+
+
+def test_under_torchrun_rank_0_alone_checks_and_holds_the_output_lock(tmp_path, monkeypatch):
+    """Rank 0 locks output_path for the whole job: the other ranks must not see its lock as
+    another run's (they start at the same moment, so which one checks first is chance)."""
+    import json
+    import os
+
+    from sae_lens_e2e.atomic import host_id
+    from sae_lens_e2e.cli.train import check_outputs
+
+    cfg = load_runner_config(_write_config(tmp_path))
+    (tmp_path / ".out.lock").write_text(json.dumps({"host": host_id(), "pid": os.getppid()}))
+    with pytest.raises(ValueError, match="output_path .* is in use by another run"):
+        check_outputs(cfg)
+    monkeypatch.setenv("RANK", "1")
+    check_outputs(cfg)

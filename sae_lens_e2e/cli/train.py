@@ -159,9 +159,14 @@ def run(args: argparse.Namespace) -> int:
 def _output_lock(cfg: Any) -> contextlib.AbstractContextManager[Any]:
     """output_path locked from before the model loads (the runner's own lock, re-entrant,
     would only take it once model and data are loaded); under torchrun rank 0 holds it."""
-    if not cfg.output_path or os.environ.get("RANK", "0") != "0":
+    if not cfg.output_path or not _rank_0():
         return contextlib.nullcontext()
     return folder_lock(cfg.output_path, "output_path")
+
+
+def _rank_0() -> bool:
+    """This process is rank 0 of a torchrun job, or not under torchrun."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace) -> str:
@@ -187,7 +192,8 @@ def check_outputs(cfg: Any) -> None:
     before the model is even loaded."""
     if cfg.output_path:
         check_writable(cfg.output_path, "output_path", "pass --output DIR somewhere writable")
-        check_free(cfg.output_path, "output_path")
+        if _rank_0():  # under torchrun rank 0 holds the lock for the job
+            check_free(cfg.output_path, "output_path")
     if cfg.checkpoint_path and (cfg.n_checkpoints > 0 or cfg.save_final_checkpoint):
         check_writable(cfg.checkpoint_path, "checkpoint_path", "set it to a writable folder")
 
