@@ -22,10 +22,10 @@ import statistics
 import tempfile
 
 from sae_lens_e2e.analysis.report import cheap_path_comparison
-from sae_lens_e2e.quickstart.config import QuickstartConfig
-from sae_lens_e2e.quickstart.pipeline import evaluate_runs
-from sae_lens_e2e.quickstart.sweep import train_sweep
-from sae_lens_e2e.quickstart.workload import tiny_workload
+from sae_lens_e2e.pipelines.quickstart.config import QuickstartConfig
+from sae_lens_e2e.pipelines.quickstart.pipeline import evaluate_runs
+from sae_lens_e2e.pipelines.quickstart.sweep import train_sweep
+from sae_lens_e2e.pipelines.quickstart.workload import tiny_workload
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

@@ -32,8 +32,8 @@ def measure(threads: str, steps: int) -> dict:
     """In this process: threads 'default' or 'fair'; the estimate, then `steps` steps."""
     import torch
 
+    from sae_lens_e2e.pipelines import tiny_lm
     from sae_lens_e2e.preflight import busy_cores, fair_threads
-    from sae_lens_e2e.quickstart import tiny_lm
 
     busy = busy_cores()
     chosen, why = fair_threads() if threads == "fair" else (torch.get_num_threads(), "default")

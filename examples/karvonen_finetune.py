@@ -22,9 +22,11 @@ from typing import Any
 import torch
 
 from sae_lens_e2e import E2ESAETrainingRunner, compute_loss_terms, evaluate
-from sae_lens_e2e.quickstart.config import QuickstartConfig, resolve_device
-from sae_lens_e2e.quickstart.runner_config import build_runner_config
-from sae_lens_e2e.quickstart.workload import quiet_store_warnings, tiny_workload
+from sae_lens_e2e.pipelines.quickstart.config import QuickstartConfig
+from sae_lens_e2e.pipelines.quickstart.runner_config import build_runner_config
+from sae_lens_e2e.pipelines.quickstart.workload import tiny_workload
+from sae_lens_e2e.pipelines.store import quiet_store_warnings
+from sae_lens_e2e.preflight import resolve_device
 
 
 def _run(cfg: Any, work: Any, dataset: Any, warm: Any = None) -> E2ESAETrainingRunner:

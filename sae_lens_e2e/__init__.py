@@ -13,8 +13,8 @@ from typing import Any
 from sae_lens_e2e.version import __version__
 
 _EXPORTS = {
-    "evaluate": "sae_lens_e2e.analysis.evaluation",
-    "evaluate_many": "sae_lens_e2e.analysis.evaluation",
+    "evaluate": "sae_lens_e2e.training.evaluation",
+    "evaluate_many": "sae_lens_e2e.training.evaluation",
     "convert_checkpoint": "sae_lens_e2e.loading.convert",
     "export_reference_checkpoint": "sae_lens_e2e.loading.export",
     "saelens_to_reference": "sae_lens_e2e.loading.export",

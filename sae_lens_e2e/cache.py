@@ -1,4 +1,4 @@
-"""Where downloads and the quickstart's trained model are cached (shared by loading/ and quickstart/)."""
+"""Where downloads and the quickstart's trained model are cached (shared by loading/ and pipelines/)."""
 
 from __future__ import annotations
 

@@ -48,6 +48,15 @@ def check_device(device: str | None, option: str) -> None:
         raise ValueError(f"{option}={device}: MPS is not available here; use cpu")
 
 
+def resolve_device(device: str) -> str:
+    """`auto` picks CUDA when there is one."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """None if a TCP connection to `url`'s host opens within `timeout`, else why not.
 

@@ -19,13 +19,13 @@ from test_convert import make_reference_config, write_checkpoint
 from transformer_lens import HookedTransformer
 
 from sae_lens_e2e import evaluate_many
-from sae_lens_e2e.analysis.evaluate_sources import EvaluateConfig, resolve_settings
 from sae_lens_e2e.analysis.report import parse_markdown_table
 from sae_lens_e2e.cli import main
 from sae_lens_e2e.loading.huggingface import DEFAULT_HF_REPO
 from sae_lens_e2e.loading.reference_format import TLENS_DEFAULT_PROCESSING
 from sae_lens_e2e.paper_settings import DATASET
-from sae_lens_e2e.quickstart.tiny_lm import (
+from sae_lens_e2e.pipelines.evaluate import EvaluateConfig, resolve_settings
+from sae_lens_e2e.pipelines.tiny_lm import (
     TinyLMConfig,
     load_tiny_model,
     save_tiny_model,
@@ -212,12 +212,12 @@ def test_error_line_starts_after_the_progress_bar_is_closed(world, tmp_path) -> 
 
 
 def test_ctrl_c_in_evaluate_is_one_line_and_writes_nothing(world, tmp_path, monkeypatch) -> None:
-    from sae_lens_e2e.analysis import evaluate_sources
+    from sae_lens_e2e.pipelines import evaluate as evaluate_pipeline
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate_sources, "evaluate_many", ctrl_c)
+    monkeypatch.setattr(evaluate_pipeline, "evaluate_many", ctrl_c)
     out = tmp_path / "r"
     rc, _, stderr = _cli(*_base(world, out), "--quiet", world["a"])
     assert rc == 130

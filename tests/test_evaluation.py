@@ -10,7 +10,7 @@ from sae_lens.evals import get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 
 from sae_lens_e2e import evaluate, evaluate_many
-from sae_lens_e2e.analysis.evaluation import explained_variance_per_token
+from sae_lens_e2e.training.evaluation import explained_variance_per_token
 
 HOOK = "blocks.1.hook_resid_pre"
 

@@ -16,9 +16,9 @@ from sae_lens_e2e import paper_settings
 from sae_lens_e2e.cli import build_parser, main
 from sae_lens_e2e.cli.quickstart import config_from_args
 from sae_lens_e2e.cli.train import load_runner_config, runner_config_from_dict
-from sae_lens_e2e.quickstart.config import QuickstartConfig
-from sae_lens_e2e.quickstart.runner_config import build_runner_config
-from sae_lens_e2e.quickstart.workload import hf_workload
+from sae_lens_e2e.pipelines.quickstart.config import QuickstartConfig
+from sae_lens_e2e.pipelines.quickstart.runner_config import build_runner_config
+from sae_lens_e2e.pipelines.quickstart.workload import hf_workload
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 TRAIN_EXAMPLES = sorted(EXAMPLES.glob("gpt2_layer6_*.yaml"))

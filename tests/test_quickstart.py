@@ -20,16 +20,16 @@ from e2e_helpers import killed_while_writing, stock_sae_folder
 from sae_lens import SAE
 
 from sae_lens_e2e import paper_settings
-from sae_lens_e2e.analysis.evaluation import alive_tokens_note
 from sae_lens_e2e.analysis.report import EV_KINDS, parse_markdown_table
 from sae_lens_e2e.cli import build_parser, main
 from sae_lens_e2e.cli.quickstart import config_from_args, parse_coefficients
-from sae_lens_e2e.quickstart.config import SCHEDULES, TINY_COEFFICIENTS, QuickstartConfig
-from sae_lens_e2e.quickstart.tiny_lm import (
+from sae_lens_e2e.pipelines.quickstart.config import SCHEDULES, TINY_COEFFICIENTS, QuickstartConfig
+from sae_lens_e2e.pipelines.tiny_lm import (
     load_pydoc_corpus,
     load_tiny_model,
     training_note,
 )
+from sae_lens_e2e.training.evaluation import alive_tokens_note
 
 HOOK = "blocks.1.hook_resid_pre"
 D_MODEL = 32
@@ -243,7 +243,7 @@ def test_ctrl_c_is_one_line_and_leaves_the_report_as_it_was(quickstart_run, monk
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("sae_lens_e2e.quickstart.pipeline.train_sweep", interrupted)
+    monkeypatch.setattr("sae_lens_e2e.pipelines.quickstart.pipeline.train_sweep", interrupted)
     rc, _, err = _cli("--config", quickstart_run["config"], "--out", out, "--overwrite")
     assert rc == 130 and err.startswith(f"sae-lens-e2e quickstart: interrupted; {out} was left")
     assert len(err.strip().splitlines()) == 1
@@ -470,7 +470,7 @@ def test_read_only_cache_fails_before_the_tiny_lm_is_trained(tmp_path, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("trained the tiny LM before checking that the cache is writable")
 
-    monkeypatch.setattr("sae_lens_e2e.quickstart.tiny_lm.train_tiny_model", no_training)
+    monkeypatch.setattr("sae_lens_e2e.pipelines.tiny_lm.train_tiny_model", no_training)
     rc, _, err = _cli("--config", _write_config(tmp_path / "c.yaml"), "--out", tmp_path / "o")
     assert rc == 2 and f"quickstart cache {cache}" in err and "SAE_LENS_E2E_CACHE" in err, err
     assert not (tmp_path / "o").exists()

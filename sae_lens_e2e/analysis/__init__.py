@@ -1,1 +1,1 @@
-"""Analysis: evaluation of spliced SAEs, decoder/encoder geometry, the report."""
+"""Analysis: decoder/encoder geometry and the report (table, comparisons, plots)."""

@@ -78,8 +78,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_e2e.analysis.evaluate_sources import EvaluateConfig, run_evaluate
     from sae_lens_e2e.analysis.report import format_summary
+    from sae_lens_e2e.pipelines.evaluate import EvaluateConfig, run_evaluate
 
     cfg = EvaluateConfig(
         sources=list(args.sources),

@@ -9,7 +9,12 @@ from typing import Any
 
 from sae_lens_e2e.cli.train import note_offline
 from sae_lens_e2e.config_fields import read_yaml_mapping
-from sae_lens_e2e.preflight import check_device, fair_threads, go_offline_if_hub_unreachable
+from sae_lens_e2e.preflight import (
+    check_device,
+    fair_threads,
+    go_offline_if_hub_unreachable,
+    resolve_device,
+)
 
 DEFAULT_OUT = "e2e_quickstart"
 
@@ -56,7 +61,7 @@ budget is refused rather than repeated.
 
 def parse_coefficients(items: list[str]) -> dict[str, list[float]]:
     """["local=1,2", "e2e=0.5"] -> {"local": [1.0, 2.0], "e2e": [0.5]}."""
-    from sae_lens_e2e.quickstart.config import RUN_KINDS
+    from sae_lens_e2e.pipelines.quickstart.config import RUN_KINDS
 
     out: dict[str, list[float]] = {}
     for item in items:
@@ -89,7 +94,7 @@ _FLAG_FIELDS = (
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """Defaults < --config file < command-line options."""
-    from sae_lens_e2e.quickstart.config import (
+    from sae_lens_e2e.pipelines.quickstart.config import (
         TINY_COEFFICIENTS,
         QuickstartConfig,
         model_defaults,
@@ -201,20 +206,21 @@ def share_cpu(requested: int | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from sae_lens_e2e.analysis.report import format_summary
-    from sae_lens_e2e.quickstart.config import resolve_device
-    from sae_lens_e2e.quickstart.pipeline import (
-        check_output_dir,
+    from sae_lens_e2e.pipelines.output import check_output_dir
+    from sae_lens_e2e.pipelines.quickstart.pipeline import (
+        REPORT_ENTRIES,
         dead_sae_warnings,
         run_quickstart,
     )
-    from sae_lens_e2e.quickstart.tiny_lm import training_note
+    from sae_lens_e2e.pipelines.tiny_lm import training_note
 
     cfg = config_from_args(args)
     cfg.validate()
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     check_device(cfg.device, "--device")  # before the note below
-    check_output_dir(Path(args.out), args.overwrite)  # before any slow work
+    # Before any slow work.
+    check_output_dir(Path(args.out), args.overwrite, REPORT_ENTRIES, "quickstart")
     device = resolve_device(cfg.device)
     threads = share_cpu(args.threads) if device == "cpu" else ""
     if cfg.model is not None:

@@ -20,7 +20,6 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.training.activations_store import ActivationsStore
 from safetensors.torch import save_file
 
-from sae_lens_e2e.analysis.evaluation import alive_tokens_note, dead_latent_warnings, evaluate
 from sae_lens_e2e.atomic import WriteFailedError, atomic_directory, atomic_file
 from sae_lens_e2e.locks import check_free, folder_lock
 from sae_lens_e2e.models import load_model  # a TransformerLens name or a model folder
@@ -29,6 +28,7 @@ from sae_lens_e2e.training import warm_start
 from sae_lens_e2e.training.checkpoints import TrainingInterrupted
 from sae_lens_e2e.training.cost import run_flops
 from sae_lens_e2e.training.distributed import check_split, join_from_env
+from sae_lens_e2e.training.evaluation import alive_tokens_note, dead_latent_warnings, evaluate
 from sae_lens_e2e.training.losses import as_e2e_config, downstream_hooks
 from sae_lens_e2e.training.resume import check_allowed
 from sae_lens_e2e.training.sae import register_e2e_architectures

@@ -55,5 +55,5 @@ class ReportData:
     saes_dir: str | None = "saes"  # where the SAEs were written in the folder, if they were
 
 
-# Explained variance, two ways (see analysis/evaluation.py): SAELens's pooled ratio of sums
+# Explained variance, two ways (see training/evaluation.py): SAELens's pooled ratio of sums
 # and the paper's per-token mean. Each EV column comes as this pair.

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sae_lens_e2e.analysis.evaluation import alive_tokens_note
 from sae_lens_e2e.analysis.report.data import ReportData, SAERun
+from sae_lens_e2e.training.evaluation import alive_tokens_note
 
 EV_KINDS = {"pooled": "explained_variance", "per token": "explained_variance_per_token"}
 # Fixed columns of the table; downstream EV columns follow (see `downstream_keys`).

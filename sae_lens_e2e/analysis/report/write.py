@@ -88,7 +88,7 @@ def same_index_fraction(geometry: GeometryResult) -> float | None:
 
     Near 1 means the two SAEs barely moved from a shared initialisation, so their cross
     similarity says nothing about what they learned; the quickstart avoids this by seeding
-    each strategy differently (see `quickstart.sweep.sae_seed`).
+    each strategy differently (see `pipelines.quickstart.runner_config.sae_seed`).
     """
     cross = geometry.decoder.cross
     if cross is None:

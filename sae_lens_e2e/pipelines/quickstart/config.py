@@ -7,13 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import torch
 from sae_lens import LanguageModelSAERunnerConfig
 
 from sae_lens_e2e import paper_settings
 from sae_lens_e2e.config_fields import build_config, check_fields
 from sae_lens_e2e.names import check_hook_name
-from sae_lens_e2e.quickstart.tiny_lm import TinyLMConfig
+from sae_lens_e2e.pipelines.tiny_lm import TinyLMConfig
 from sae_lens_e2e.training.config import STRATEGIES, E2EStandardTrainingSAEConfig
 
 SAES_DIR = "saes"
@@ -193,13 +192,6 @@ def model_defaults(model: str | None) -> dict[str, Any]:
         "model_from_pretrained_kwargs": runner["model_from_pretrained_kwargs"],
         "sae_overrides": {k: sae[k] for k in ("grad_clip_norm", "gradient_accumulation_steps")},
     }
-
-
-def resolve_device(device: str) -> str:
-    """`auto` picks CUDA when there is one."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def runner_eval_sequences(cfg: QuickstartConfig, tiny: bool) -> int:

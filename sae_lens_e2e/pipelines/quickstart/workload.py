@@ -7,19 +7,18 @@ reserves exactly those as its own held-out set before training, so no SAE trains
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_lens_e2e.quickstart.config import QuickstartConfig, runner_eval_sequences
-from sae_lens_e2e.quickstart.runner_config import build_runner_config
-from sae_lens_e2e.quickstart.tiny_lm import (
+from sae_lens_e2e.pipelines.quickstart.config import QuickstartConfig, runner_eval_sequences
+from sae_lens_e2e.pipelines.quickstart.runner_config import build_runner_config
+from sae_lens_e2e.pipelines.store import make_store_strict, quiet_store_warnings
+from sae_lens_e2e.pipelines.tiny_lm import (
     TINY_DATASET_NAME,
     TINY_MODEL_NAME,
     get_tiny_model,
@@ -127,32 +126,3 @@ def hf_workload(cfg: QuickstartConfig, device: str, precheck: ModelCheck | None 
         eval_tokens = store.get_batch_tokens(n_eval).cpu()
     info = {"n_params": sum(p.numel() for p in model.parameters())}
     return Workload(model, cfg.model or "", hook, d_in, eval_tokens, None, cfg.dataset or "", info)
-
-
-@contextlib.contextmanager
-def quiet_store_warnings() -> Iterator[None]:
-    """Silence two SAELens store warnings that mislead here: its size check compares rows
-    with tokens (we check the budget exactly, and the store is strict), and a tensor-copy
-    notice from its pre-tokenised path."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
-        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-        yield
-
-
-def make_store_strict(store: Any, name: str) -> None:
-    """Make a store raise at the end of its data instead of silently starting over (which
-    would repeat data and train on the held-out sequences at the stream's start)."""
-    original = store.get_batch_tokens
-
-    def strict(batch_size: int | None = None, **kwargs: Any) -> torch.Tensor:
-        kwargs.pop("raise_at_epoch_end", None)
-        try:
-            return original(batch_size, raise_at_epoch_end=True, **kwargs)
-        except StopIteration as err:
-            raise ValueError(
-                f"dataset {name!r} ran out after {store.n_dataset_processed} rows, before the "
-                "token budget was used; lower --training-tokens or use a larger dataset"
-            ) from err
-
-    store.get_batch_tokens = strict

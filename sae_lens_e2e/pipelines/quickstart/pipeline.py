@@ -43,20 +43,20 @@ from sae_lens_e2e.analysis.report import (
     SAERun,
     write_report,
 )
-from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries, unexpected_entries
-from sae_lens_e2e.preflight import check_device, check_writable
-from sae_lens_e2e.quickstart.config import (
+from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries
+from sae_lens_e2e.pipelines.output import check_output_dir
+from sae_lens_e2e.pipelines.quickstart.config import (
     LOGS_DIR,
     MODEL_DIR,
     SAES_DIR,
     QuickstartConfig,
-    resolve_device,
 )
-from sae_lens_e2e.quickstart.sweep import run_label, train_sweep, validate_sweep
-from sae_lens_e2e.quickstart.tiny_lm import (
+from sae_lens_e2e.pipelines.quickstart.sweep import run_label, train_sweep, validate_sweep
+from sae_lens_e2e.pipelines.quickstart.workload import Workload, hf_workload, tiny_workload
+from sae_lens_e2e.pipelines.tiny_lm import (
     save_tiny_model,
 )
-from sae_lens_e2e.quickstart.workload import Workload, hf_workload, tiny_workload
+from sae_lens_e2e.preflight import check_device, resolve_device
 from sae_lens_e2e.training.config import STRATEGIES
 from sae_lens_e2e.training.validation import check_sae_fits
 
@@ -104,7 +104,7 @@ def evaluate_runs(
 ) -> dict[str, Any]:
     """Reload every saved SAE with stock SAELens and evaluate all on the held-out tokens
     with one shared clean run per batch; fills `run.metrics`, returns label -> SAE."""
-    from sae_lens_e2e.analysis.evaluation import evaluate_many
+    from sae_lens_e2e.training.evaluation import evaluate_many
 
     saes = {run.label: load_sae(out / run.path, device=device) for run in runs}
     for loaded in extra:
@@ -125,7 +125,7 @@ def evaluate_runs(
 
 def dead_sae_warnings(runs: list[SAERun]) -> list[str]:
     """Mostly dead SAEs, counted over the report's held-out tokens (its alive column)."""
-    from sae_lens_e2e.analysis.evaluation import dead_latent_warnings
+    from sae_lens_e2e.training.evaluation import dead_latent_warnings
 
     return [line for run in runs for line in dead_latent_warnings(run.metrics, label=run.label)]
 
@@ -208,32 +208,6 @@ def setup_line(cfg: QuickstartConfig, hook: str, d_in: int) -> str:
 REPORT_ENTRIES = {REPORT_MD, REPORT_JSON, PARETO_PNG, GEOMETRY_PNG, SAES_DIR, LOGS_DIR, MODEL_DIR}
 
 
-def check_output_dir(
-    out: Path, overwrite: bool, entries: set[str] = REPORT_ENTRIES, name: str = "quickstart"
-) -> None:
-    """`out` may be new or empty or, to be replaced, a `name` report (of `entries` only)."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output path {out} exists and is not a directory")
-    check_writable(out.absolute().parent, "output folder", "choose one you can write to")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    foreign = unexpected_entries(out, entries)
-    if foreign:
-        raise FileExistsError(
-            f"output directory {out} holds {', '.join(foreign)}, which the {name} did not "
-            "write; not replacing it (choose another --out, or move them)"
-        )
-    if not (out / REPORT_JSON).is_file():
-        raise FileExistsError(
-            f"output directory {out} is not a {name} report (no {REPORT_JSON}); not "
-            "replacing it (choose another --out)"
-        )
-    if not overwrite:
-        raise FileExistsError(
-            f"output directory {out} already holds a {name} report; pass --overwrite to replace it"
-        )
-
-
 def run_quickstart(
     cfg: QuickstartConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
 ) -> ReportData:
@@ -241,7 +215,7 @@ def run_quickstart(
     out = Path(out)
     cfg.validate()
     check_device(cfg.device, "device")  # here, not in validate(): a GPU config is valid anywhere
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, REPORT_ENTRIES, "quickstart")
     remove_stale_temporaries(out.absolute().parent, re.escape(out.name))  # of killed runs
     device = resolve_device(cfg.device)
     timings: dict[str, float] = {}

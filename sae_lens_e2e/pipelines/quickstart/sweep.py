@@ -14,9 +14,10 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_lens_e2e.analysis.report import SAERun
-from sae_lens_e2e.quickstart.config import LOGS_DIR, SAES_DIR, QuickstartConfig
-from sae_lens_e2e.quickstart.runner_config import build_runner_config, run_label
-from sae_lens_e2e.quickstart.workload import Workload, make_store_strict, quiet_store_warnings
+from sae_lens_e2e.pipelines.quickstart.config import LOGS_DIR, SAES_DIR, QuickstartConfig
+from sae_lens_e2e.pipelines.quickstart.runner_config import build_runner_config, run_label
+from sae_lens_e2e.pipelines.quickstart.workload import Workload
+from sae_lens_e2e.pipelines.store import make_store_strict, quiet_store_warnings
 from sae_lens_e2e.training.losses import downstream_hooks
 from sae_lens_e2e.training.validation import default_hook, hook_width, validate_run
 

@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sae_lens_e2e.quickstart.config import (
+from sae_lens_e2e.pipelines.quickstart.config import (
     RUN_KINDS,
     QuickstartConfig,
     eval_batch_size,
     runner_eval_sequences,
 )
-from sae_lens_e2e.quickstart.tiny_lm import TINY_MODEL_NAME
+from sae_lens_e2e.pipelines.tiny_lm import TINY_MODEL_NAME
 
 
 def run_label(strategy: str, coefficient: float) -> str:

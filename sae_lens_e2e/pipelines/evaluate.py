@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from sae_lens_e2e import paper_settings
 from sae_lens_e2e.analysis import report
-from sae_lens_e2e.analysis.evaluation import evaluate_many
 from sae_lens_e2e.analysis.report import ReportData, SAERun
 from sae_lens_e2e.atomic import atomic_directory
 from sae_lens_e2e.loading.paper import PAPER_GPT2_CLEAN_CE, PaperSAE
@@ -30,6 +29,7 @@ from sae_lens_e2e.loading.sae_source import SourceSAE, load_source
 from sae_lens_e2e.models import check_model_name
 from sae_lens_e2e.sae_files import describe_non_finite, non_finite_weights
 from sae_lens_e2e.training.config import STRATEGIES
+from sae_lens_e2e.training.evaluation import evaluate_many
 from sae_lens_e2e.training.validation import check_sae_fits
 
 PAPER_STRATEGIES = {"local": "local", "e2e": "e2e", "e2e+ds": "e2e_ds"}
@@ -162,7 +162,7 @@ def eval_tokens(
     (tokenising text, adding or not the BOS, cutting rows to the context size)."""
     from sae_lens.training.activations_store import ActivationsStore
 
-    from sae_lens_e2e.quickstart.workload import quiet_store_warnings
+    from sae_lens_e2e.pipelines.store import quiet_store_warnings
 
     dataset = _dataset(settings.dataset)
     with quiet_store_warnings():
@@ -270,8 +270,8 @@ def run_evaluate(
 ) -> ReportData:
     """Load every SOURCE (failing before any model work), evaluate all on the same tokens,
     write the report folder atomically."""
-    from sae_lens_e2e.quickstart.config import resolve_device
-    from sae_lens_e2e.quickstart.pipeline import check_output_dir
+    from sae_lens_e2e.pipelines.output import check_output_dir
+    from sae_lens_e2e.preflight import resolve_device
 
     out = Path(out)
     cfg.validate()
