@@ -25,6 +25,7 @@ from sae_lens_e2e.cli import build_parser, main
 from sae_lens_e2e.cli.quickstart import config_from_args, parse_coefficients
 from sae_lens_e2e.pipelines.quickstart.config import SCHEDULES, TINY_COEFFICIENTS, QuickstartConfig
 from sae_lens_e2e.pipelines.tiny_lm import (
+    TinyLMConfig,
     load_pydoc_corpus,
     load_tiny_model,
     training_note,
@@ -583,3 +584,110 @@ def test_a_dead_sae_is_warned_about_over_the_reports_tokens(cache_dir, quickstar
         f"fired on 768 held-out tokens (L0 {run['metrics'][f'l0/{HOOK}']:.3g}): the SAE is "
         "mostly dead; try a lower lr or sparsity coefficient"
     ]
+
+
+# ----------------------------------------------------------------------------- control
+
+
+@pytest.fixture(scope="module")
+def control_run(tmp_path_factory, cache_dir):
+    """local and e2e SAEs on the tiny LM and on its randomised-weights control."""
+    root = tmp_path_factory.mktemp("control")
+    config = _write_config(
+        root / "qs.yaml",
+        strategies=["local", "e2e"],
+        coefficients={"local": [0.5, 2.0], "e2e": [0.5]},
+        control="random-weights",
+    )
+    out = root / "report"
+    rc, stdout, stderr = _cli("--config", config, "--out", out)
+    assert rc == 0, stderr
+    return {"out": out, "stdout": stdout, "config": config}
+
+
+def test_control_trains_the_same_saes_on_the_lms_own_initialisation(control_run):
+    """The control model is TransformerLens's init of the tiny LM's config with its seed:
+    exactly the LM's weights before training, embeddings included. Its SAEs are the same
+    runs (strategy, lambda, init seed, tokens), saved apart and marked in their metadata."""
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_e2e.pipelines.control import random_weights
+    from sae_lens_e2e.pipelines.tiny_lm import TinyLMConfig, tiny_model_config
+
+    out = control_run["out"]
+    trained = load_tiny_model(out / "model")
+    lm = TinyLMConfig(**TINY["lm"])
+    fresh = HookedTransformer(tiny_model_config(lm, "cpu")).state_dict()
+    control = random_weights(trained, lm.seed).state_dict()
+    assert control.keys() == fresh.keys()
+    assert all(torch.equal(control[k], fresh[k]) for k in fresh)
+    assert not torch.equal(control["embed.W_E"], trained.state_dict()["embed.W_E"])
+    runs = _runs(out)
+    assert [(r["label"], r["weights"]) for r in runs] == [
+        ("local_lambda0.5", "trained"),
+        ("local_lambda2", "trained"),
+        ("e2e_lambda0.5", "trained"),
+        ("random-weights/local_lambda0.5", "random-weights"),
+        ("random-weights/local_lambda2", "random-weights"),
+        ("random-weights/e2e_lambda0.5", "random-weights"),
+    ]
+    sae = SAE.load_from_disk(out / runs[-1]["path"])
+    assert sae.cfg.metadata.model_weights == "random-weights"
+    assert sae.cfg.metadata.random_weights_seed == lm.seed
+    clean = {r["weights"]: r["metrics"]["ce_loss_clean"] for r in runs}
+    assert clean["random-weights"] > clean["trained"] + 1  # an untrained LM predicts worse
+
+
+def test_control_report_shows_trained_and_random_side_by_side(control_run):
+    out = control_run["out"]
+    text = (out / "report.md").read_text()
+    assert "## Control: random-weights (each cell: trained / random-weights)" in text
+    section = text[text.index("## Control") :]
+    rows = parse_markdown_table(section)
+    assert [(r["strategy"], r["lambda"]) for r in rows] == [("local", "0.5"), ("local", "2"), ("e2e", "0.5")]  # fmt: skip
+    runs = {r["label"]: r["metrics"] for r in _runs(out)}
+    a, b = runs["e2e_lambda0.5"], runs["random-weights/e2e_lambda0.5"]
+    assert rows[2]["KL"] == f"{a['kl']:.4f} / {b['kl']:.4f}"
+    assert rows[2]["EV per token"].count("/") == 1 and rows[2]["alive"].count("/") == 1
+    table = parse_markdown_table(text)  # the main table gains a weights column
+    assert [r["weights"] for r in table] == ["trained"] * 3 + ["random-weights"] * 3
+    report = json.loads((out / "report.json").read_text())
+    assert [r["label"] for r in report["equal_l0_comparison"]] == ["e2e_lambda0.5"]  # trained only
+    assert "random-weights" in control_run["stdout"]
+
+
+def test_evaluate_rebuilds_the_control_model_from_the_saes_metadata(control_run, tmp_path):
+    """`evaluate --control random-weights` on the quickstart's folders: every SAE on its own
+    model, the same numbers as the quickstart; a control SAE without --control is refused."""
+    from datasets import Dataset
+
+    out = control_run["out"]
+    runs = _runs(out)
+    tokens = Dataset.from_dict({"tokens": _heldout_tokens(out).tolist()})
+    tokens.save_to_disk(str(tmp_path / "data"))
+    base = ["evaluate", "--quiet", "--model", out / "model", "--dataset", tmp_path / "data",
+            "--n-sequences", 24, "--batch-size", 8]  # fmt: skip
+    folders = [out / r["path"] for r in runs]
+    rc = main([*map(str, base), "--control", "random-weights", "--out", str(tmp_path / "ev"),
+               *map(str, folders)])  # fmt: skip
+    assert rc == 0
+    got = {Path(r["label"]): r for r in json.loads((tmp_path / "ev" / "report.json").read_text())["runs"]}  # fmt: skip
+    for run in runs:
+        mine = got[out / run["path"]]
+        assert mine["weights"] == run["weights"] and mine["coefficient"] == run["coefficient"]
+        for key in ("ce_loss_clean", "kl", f"l0/{HOOK}", f"explained_variance/{HOOK}"):
+            assert mine["metrics"][key] == pytest.approx(run["metrics"][key], rel=1e-5), key
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main([*map(str, base), "--out", str(tmp_path / "ev2"), str(folders[-1])])
+    assert rc == 2 and "pass --control random-weights" in err.getvalue()
+    assert not (tmp_path / "ev2").exists()
+
+
+def _heldout_tokens(out: Path) -> torch.Tensor:
+    """The quickstart's held-out windows (its first n_eval_sequences of held-out text)."""
+    from sae_lens_e2e.pipelines.tiny_lm import windows
+
+    lm = TinyLMConfig(**TINY["lm"])
+    corpus = load_pydoc_corpus(lm.heldout_fraction, lm.corpus_bytes)
+    return windows(corpus.heldout, TINY["context_size"])[: TINY["n_eval_sequences"]]

@@ -71,6 +71,12 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--local-dir", help="already-downloaded hf:/wandb: files (no network)")
     parser.add_argument("--cache-dir", help="download cache for hf:/wandb: sources")
+    parser.add_argument(
+        "--control",
+        choices=["random-weights"],
+        help="evaluate the SOURCEs trained on the model's random-weights control (recorded in "
+        "their metadata, e.g. by quickstart --control) on that model, beside the others",
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="report folder")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -93,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         paper=args.paper,
         local_dir=args.local_dir,
         cache_dir=args.cache_dir,
+        control=args.control,
     )
     result = run_evaluate(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(format_summary(result))

@@ -34,6 +34,7 @@ EPILOG = """\
 examples:
   sae-lens-e2e quickstart                         # offline, CPU, ~5-10 minutes
   sae-lens-e2e quickstart --out run2 --strategies local,e2e --coefficients local=3,10 e2e=0.3,1
+  sae-lens-e2e quickstart --control random-weights   # + local and e2e SAEs on fresh weights
   sae-lens-e2e quickstart --config examples/quickstart_gpt2.yaml   # the paper's GPT-2 run (GPU)
   sae-lens-e2e quickstart --model gpt2 --dataset apollo-research/Skylion007-openwebtext-tokenizer-gpt2 \\
       --training-tokens 20000000                  # the paper's settings, a 20x shorter run
@@ -115,6 +116,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raw["coefficients"] = {**default, **given, **cli}
     if args.compare_sae:
         raw["compare_saes"] = [*raw.get("compare_saes", []), *args.compare_sae]
+    if args.control is not None:
+        raw["control"] = args.control
+    if args.control_strategies is not None:
+        raw["control_strategies"] = [s.strip() for s in args.control_strategies.split(",")]
     return QuickstartConfig.from_dict(raw, source=args.config or "command line")
 
 
@@ -189,6 +194,18 @@ def add_parser(subparsers: Any) -> None:
         metavar="PATH[=LABEL]",
         help="also evaluate this SAELens SAE folder (e.g. a converted paper "
         "checkpoint); repeatable",
+    )
+    group = parser.add_argument_group("control")
+    group.add_argument(
+        "--control",
+        choices=["random-weights"],
+        help="also train SAEs on the model's architecture re-initialised by TransformerLens "
+        "(same seed, shapes and tokens, embeddings included) and report both side by side",
+    )
+    group.add_argument(
+        "--control-strategies",
+        metavar="LIST",
+        help="strategies (with their lambdas) trained again for the control (default: local,e2e)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)

@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 
 from sae_lens_e2e import paper_settings
 from sae_lens_e2e.analysis import report
-from sae_lens_e2e.analysis.report import ReportData, SAERun
+from sae_lens_e2e.analysis.report import TRAINED_WEIGHTS, ReportData, SAERun
 from sae_lens_e2e.atomic import atomic_directory
 from sae_lens_e2e.loading.paper import PAPER_GPT2_CLEAN_CE, PaperSAE
 from sae_lens_e2e.loading.sae_source import SourceSAE, load_source
 from sae_lens_e2e.models import check_model_name
+from sae_lens_e2e.pipelines.control import check_control, random_weights, scheme_line
 from sae_lens_e2e.sae_files import describe_non_finite, non_finite_weights
 from sae_lens_e2e.training.config import STRATEGIES
 from sae_lens_e2e.training.evaluation import evaluate_many
@@ -53,8 +54,10 @@ class EvaluateConfig:
     paper: bool = False
     local_dir: str | None = None
     cache_dir: str | None = None
+    control: str | None = None  # "random-weights": SAEs trained on the control model
 
     def validate(self) -> None:
+        check_control(self.control)
         if not self.sources:
             raise ValueError("give at least one SOURCE to evaluate")
         repeated = sorted({s for s in self.sources if self.sources.count(s) > 1})
@@ -216,17 +219,59 @@ def _paper_numbers(paper: PaperSAE | None) -> dict[str, Any] | None:
     return dict(paper.paper) if paper is not None and paper.paper else None
 
 
+def _coefficient(source: SourceSAE, numbers: dict[str, Any] | None) -> float | None:
+    """The paper's lambda, else the one our trainer recorded, else unknown."""
+    if numbers is not None:
+        return float(numbers["lambda"])
+    if _strategy(source) not in STRATEGIES:
+        return None
+    details = getattr(source.sae.cfg.metadata, "training_architecture_details", None) or {}
+    value = details.get("l1_coefficient") if isinstance(details, dict) else None
+    return None if value is None else float(value)
+
+
+def weights_of(source: SourceSAE) -> str:
+    """The model weights the SAE was trained on: recorded by our pipelines for a control."""
+    return getattr(source.sae.cfg.metadata, "model_weights", None) or TRAINED_WEIGHTS
+
+
 def make_run(source: SourceSAE, metrics: dict[str, Any], with_paper: bool) -> SAERun:
     numbers = _paper_numbers(source.paper)
     return SAERun(
         label=source.spec,
         strategy=_strategy(source),
-        coefficient=None if numbers is None else float(numbers["lambda"]),
+        coefficient=_coefficient(source, numbers),
         hook=source.hook,
         path=source.spec,
         metrics=metrics,
         paper=numbers if with_paper else None,
+        weights=weights_of(source),
     )
+
+
+def control_model(cfg: EvaluateConfig, sources: list[SourceSAE], model: Any) -> Any | None:
+    """The control model the control SAEs among `sources` were trained on (rebuilt from the
+    seed they record), or None when there are none; a mismatch is a one-line error."""
+    control = [s for s in sources if weights_of(s) != TRAINED_WEIGHTS]
+    if not control and cfg.control is None:
+        return None
+    if cfg.control is None:
+        raise ValueError(
+            f"SOURCE {control[0].spec!r} was trained on the {weights_of(control[0])} control "
+            "of its model; pass --control random-weights to evaluate it there"
+        )
+    if not control or any(weights_of(s) != cfg.control for s in control):
+        raise ValueError(
+            f"--control {cfg.control}: give SAEs trained on that control model among the "
+            "SOURCEs (`sae-lens-e2e quickstart --control random-weights` writes them under "
+            "DIR/saes/random-weights/), beside the trained model's"
+        )
+    seeds = {getattr(s.sae.cfg.metadata, "random_weights_seed", None) for s in control}
+    if len(seeds) != 1 or None in seeds:
+        raise ValueError(
+            f"the control SAEs record different or no seeds: {sorted(map(str, seeds))}"
+        )
+    return random_weights(model, int(seeds.pop()))
 
 
 def load_sources(cfg: EvaluateConfig, device: str, progress: bool) -> list[SourceSAE]:
@@ -293,14 +338,20 @@ def run_evaluate(
     settings = _fit_context(settings, model.cfg.n_ctx)
     for s in sources:
         check_sae_fits(model, s.sae, where=f"SOURCE {s.spec!r}", hook=s.hook)
+    control = control_model(cfg, sources, model)
     tokens = eval_tokens(model, settings, cfg.n_sequences, cfg.batch_size, sources[0])
-    metrics = evaluate_many(
-        model,
-        {s.spec: {s.hook: s.sae} for s in sources},
-        tokens,
-        batch_size=cfg.batch_size,
-        progress=progress,
-    )
+    metrics: dict[str, dict[str, Any]] = {}
+    for weights, on in ((TRAINED_WEIGHTS, model), (cfg.control, control)):
+        mine = [s for s in sources if weights_of(s) == weights]
+        if on is None or not mine:
+            continue
+        metrics |= evaluate_many(
+            on,
+            {s.spec: {s.hook: s.sae} for s in mine},
+            tokens,
+            batch_size=cfg.batch_size,
+            progress=progress,
+        )
     runs = [make_run(s, metrics[s.spec], cfg.paper) for s in sources]
     hooks = sorted({s.hook for s in sources})
     result = ReportData(
@@ -318,6 +369,7 @@ def run_evaluate(
         setup=_setup_lines(cfg, settings, runs) + [f"- **{line}**" for line in weight_warnings],
         name="evaluate",
         saes_dir=None,
+        control_setup=[] if control is None else [scheme_line(model, control.cfg.seed) + "."],
     )
     with atomic_directory(out) as tmp:
         report.write_report(result, tmp)

@@ -13,6 +13,7 @@ from sae_lens_e2e.analysis.report.data import (
     PARETO_PNG,
     REPORT_JSON,
     REPORT_MD,
+    TRAINED_WEIGHTS,
     ReportData,
     SAERun,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "REPORT_MD",
     "ReportData",
     "SAERun",
+    "TRAINED_WEIGHTS",
     "cheap_path_comparison",
     "equal_l0_comparison",
     "format_summary",

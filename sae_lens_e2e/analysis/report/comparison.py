@@ -8,12 +8,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from sae_lens_e2e.analysis.report.control import trained
 from sae_lens_e2e.analysis.report.data import ReportData, SAERun
 
 # ----------------------------------------------------------------------------- comparison
 
 
-def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float | None:
+def interp_log(x: float, xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Linear interpolation in log(x); None outside the curve's range (no extrapolation)."""
     pts = sorted(zip(xs, ys, strict=True))
     for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
@@ -25,12 +26,14 @@ def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 def equal_l0_comparison(result: ReportData) -> list[dict[str, Any]]:
     """For each e2e / e2e_ds SAE: local's CE increase at the same L0, interpolated between
-    local runs (only inside the local runs' L0 range; nothing is extrapolated)."""
-    local = [r for r in result.runs if r.strategy == "local"]
+    local runs (only inside the local runs' L0 range; nothing is extrapolated). Trained
+    model's runs only (a control's runs are compared in the control section)."""
+    runs = trained(result.runs)
+    local = [r for r in runs if r.strategy == "local"]
     xs = [r.metrics[f"l0/{r.hook}"] for r in local]
     ys = [r.metrics["ce_loss_increase"] for r in local]
     rows = []
-    for run in result.runs:
+    for run in runs:
         if run.strategy not in ("e2e", "e2e_ds") or len(local) < 2:
             continue
         l0 = run.metrics[f"l0/{run.hook}"]
@@ -39,7 +42,7 @@ def equal_l0_comparison(result: ReportData) -> list[dict[str, Any]]:
                 "label": run.label,
                 "l0": l0,
                 "ce_increase": run.metrics["ce_loss_increase"],
-                "local_ce_increase_at_l0": _interp(l0, xs, ys),
+                "local_ce_increase_at_l0": interp_log(l0, xs, ys),
             }
         )
     return rows
@@ -65,14 +68,15 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def cheap_path_comparison(runs: Sequence[SAERun]) -> list[dict[str, Any]]:
     """For each `local->S` SAE: local's and S's CE increase at its L0 (interpolated, never
     extrapolated), the share of S's improvement over local it reaches, and its training
-    wall time and FLOPs relative to the mean of the full S runs."""
+    wall time and FLOPs relative to the mean of the full S runs (trained model's runs)."""
+    runs = trained(runs)
     rows = []
     for run in runs:
         if "->" not in run.strategy:
             continue
         final = run.strategy.split("->")[1]
         l0 = run.metrics[f"l0/{run.hook}"]
-        local, full = _interp(l0, *_curve(runs, "local")), _interp(l0, *_curve(runs, final))
+        local, full = interp_log(l0, *_curve(runs, "local")), interp_log(l0, *_curve(runs, final))
         ce = run.metrics["ce_loss_increase"]
         gap = None if local is None or full is None else local - full
         fulls = [r for r in runs if r.strategy == final]

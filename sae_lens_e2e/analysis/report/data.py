@@ -14,6 +14,9 @@ PARETO_PNG = "pareto.png"
 GEOMETRY_PNG = "geometry.png"
 
 SCALAR_TYPES = (int, float)
+# The model's weights an SAE was trained and evaluated on: these, or a control's name
+# (`random-weights`: the same architecture freshly initialised).
+TRAINED_WEIGHTS = "trained"
 
 
 @dataclass
@@ -30,6 +33,7 @@ class SAERun:
     train_loop_seconds: float | None = None  # the training loop alone (the runner's)
     train_flops: float | None = None  # the runner's estimate (training/cost.py)
     paper: dict[str, Any] | None = None  # the paper's Table 2 numbers, shown beside ours
+    weights: str = TRAINED_WEIGHTS  # the model's weights: trained, or a control's
 
     def scalar_metrics(self) -> dict[str, Any]:
         return {k: v for k, v in self.metrics.items() if isinstance(v, SCALAR_TYPES)}
@@ -53,6 +57,7 @@ class ReportData:
     setup: list[str]  # markdown bullet lines: how the SAEs were trained
     name: str = "quickstart"  # the command, in the title and the summary
     saes_dir: str | None = "saes"  # where the SAEs were written in the folder, if they were
+    control_setup: list[str] = field(default_factory=list)  # what the control model is
 
 
 # Explained variance, two ways (see training/evaluation.py): SAELens's pooled ratio of sums

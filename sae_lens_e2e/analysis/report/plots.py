@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sae_lens_e2e.analysis.report.data import ReportData, SAERun
+from sae_lens_e2e.analysis.report.data import TRAINED_WEIGHTS, ReportData, SAERun
 
 # ----------------------------------------------------------------------------- plots
 
@@ -30,7 +30,10 @@ def plot_pareto(result: ReportData, path: Path) -> Path:
     several_hooks = len({run.hook for run in result.runs}) > 1
     for run in result.runs:
         name = run.strategy if run.strategy != "loaded" else run.label
-        groups.setdefault(f"{name} @ {run.hook}" if several_hooks else name, []).append(run)
+        name = f"{name} @ {run.hook}" if several_hooks else name
+        groups.setdefault(
+            name if run.weights == TRAINED_WEIGHTS else f"{name} ({run.weights})", []
+        ).append(run)
     for ax, (key, xlabel) in zip(axes, panels, strict=True):
         labels = []
         for i, (name, runs) in enumerate(groups.items()):
@@ -40,7 +43,9 @@ def plot_pareto(result: ReportData, path: Path) -> Path:
                 ((_x(r, key), r.metrics["ce_loss_increase"], r) for r in runs), key=lambda p: p[:2]
             )
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
+            control = runs and runs[0].weights != TRAINED_WEIGHTS
+            ax.plot(xs, ys, "--" if control else "-", marker="x" if control else "o",
+                    color=f"C{i}", label=name)  # fmt: skip
             labels += [
                 (x, y, f"λ={r.coefficient:g}", f"C{i}")
                 for x, y, r in pts

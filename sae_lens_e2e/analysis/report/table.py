@@ -7,9 +7,11 @@ CE increase = CE with SAE - clean CE; CE recovered = (zero-ablation CE - CE with
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from sae_lens_e2e.analysis.report.control import controls
 from sae_lens_e2e.analysis.report.data import ReportData, SAERun
 from sae_lens_e2e.training.evaluation import alive_tokens_note
 
@@ -67,7 +69,11 @@ def table_rows(result: ReportData) -> list[list[str]]:
     """One row per SAE, in the order they were trained."""
     posts = downstream_keys(result)
     paper = has_paper(result)
-    return [_row(run, posts) + (_paper_cells(run) if paper else []) for run in result.runs]
+    weights = bool(controls(result.runs))
+    return [
+        ([run.weights] if weights else []) + _row(run, posts) + (_paper_cells(run) if paper else [])
+        for run in result.runs
+    ]
 
 
 def has_paper(result: ReportData) -> bool:
@@ -112,7 +118,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 def table_headers(result: ReportData) -> list[str]:
     posts = downstream_keys(result)
     paper = [h for h, _ in PAPER_COLUMNS] if has_paper(result) else []
-    return [*_COLUMNS, *(f"EV {hook} ({kind})" for hook in posts for kind in EV_KINDS), *paper]
+    weights = ["weights"] if controls(result.runs) else []  # only beside a control's runs
+    evs = (f"EV {hook} ({kind})" for hook in posts for kind in EV_KINDS)
+    return [*weights, *_COLUMNS, *evs, *paper]
 
 
 def alive_note(result: ReportData) -> str:
@@ -122,7 +130,9 @@ def alive_note(result: ReportData) -> str:
 
 def parse_markdown_table(text: str) -> list[dict[str, str]]:
     """Rows of the first table in report.md as header -> cell (for tests and scripts)."""
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    lines = list(itertools.takewhile(lambda ln: ln.startswith("|"), itertools.dropwhile(
+        lambda ln: not ln.startswith("|"), text.splitlines()
+    )))  # fmt: skip
     headers = [c.strip() for c in lines[0].strip("|").split("|")]
     return [
         dict(zip(headers, (c.strip() for c in ln.strip("|").split("|")), strict=True))

@@ -14,6 +14,7 @@ from sae_lens_e2e.analysis.report.comparison import (
     comparison_lines,
     equal_l0_comparison,
 )
+from sae_lens_e2e.analysis.report.control import CONTROL_NOTE, controls, side_by_side
 from sae_lens_e2e.analysis.report.data import (
     GEOMETRY_PNG,
     PARETO_PNG,
@@ -60,11 +61,13 @@ def report_dict(result: ReportData) -> dict[str, Any]:
                 "train_flops": r.train_flops,
                 "metrics": r.scalar_metrics(),
                 "paper": r.paper,
+                "weights": r.weights,
             }
             for r in result.runs
         ],
         "equal_l0_comparison": equal_l0_comparison(result),
         "cheap_path_comparison": cheap_path_comparison(result.runs),
+        "control": {c: side_by_side(result.runs, c)[1] for c in controls(result.runs)},
         "geometry": {label: geometry_summary(g) for label, g in result.geometry.items()},
     }
 
@@ -153,6 +156,7 @@ def markdown_report(result: ReportData) -> str:
         *_cheap_path_section(result),
         f"![pareto]({PARETO_PNG})",
         "",
+        *_control_section(result),
         *_geometry_section(result),
         *_saes_note(result),
         f"Full-precision numbers are in `{REPORT_JSON}`.",
@@ -172,6 +176,26 @@ def _geometry_section(result: ReportData) -> list[str]:
         f"![geometry]({GEOMETRY_PNG})",
         "",
     ]
+
+
+def _control_section(result: ReportData) -> list[str]:
+    lines = []
+    for control in controls(result.runs):
+        headers, rows = side_by_side(result.runs, control)
+        first = next(r for r in result.runs if r.weights == control).metrics
+        lines += [
+            f"## Control: {control} (each cell: trained / {control})",
+            "",
+            *(f"- {line}" for line in result.control_setup),
+            f"- The {control} model: CE clean {first['ce_loss_clean']:.4f}, zero-ablation CE "
+            f"{first['ce_loss_zero_ablation']:.4f} nats/token on the same held-out tokens.",
+            "",
+            markdown_table(headers, rows),
+            "",
+            CONTROL_NOTE,
+            "",
+        ]
+    return lines
 
 
 def _saes_note(result: ReportData) -> list[str]:
@@ -207,7 +231,8 @@ def write_report(result: ReportData, folder: Path) -> None:
 def format_summary(result: ReportData) -> str:
     """The one-screen summary printed at the end."""
     paper = [h for h, _ in PAPER_COLUMNS] if has_paper(result) else []
-    columns = {**SUMMARY_COLUMNS, **{h: h for h in paper}}  # table header -> summary header
+    weights = {"weights": "weights"} if controls(result.runs) else {}
+    columns = {**weights, **SUMMARY_COLUMNS, **{h: h for h in paper}}  # table -> summary header
     headers = list(columns.values())
     pick = [table_headers(result).index(h) for h in columns]
     rows = [[row[i] for i in pick] for row in table_rows(result)]

@@ -18,6 +18,7 @@ them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,13 @@ from sae_lens_e2e.analysis.report import (
     write_report,
 )
 from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries
+from sae_lens_e2e.pipelines.control import (
+    RANDOM_WEIGHTS,
+    control_metadata,
+    random_weights,
+    random_weights_seed,
+    scheme_line,
+)
 from sae_lens_e2e.pipelines.output import check_output_dir
 from sae_lens_e2e.pipelines.quickstart.config import (
     LOGS_DIR,
@@ -204,6 +212,30 @@ def setup_line(cfg: QuickstartConfig, hook: str, d_in: int) -> str:
     )
 
 
+def train_control(
+    cfg: QuickstartConfig, work: Workload, out: Path, device: str, progress: bool
+) -> tuple[list[SAERun], list[str]]:
+    """The randomised-weights control: `cfg.control_strategies` trained with their lambdas
+    on the same tokens on the model's architecture freshly initialised (`pipelines.control`;
+    the model's own seed, e.g. the tiny LM's weights before training), each evaluated on
+    that model. Returns the runs and what the control model is, for the report."""
+    seed = random_weights_seed(work.model, cfg.seed)
+    model = random_weights(work.model, seed)
+    control = dataclasses.replace(work, model=model)
+    sweep = dataclasses.replace(cfg, strategies=list(cfg.control_strategies))
+    runs = train_sweep(
+        sweep,
+        control,
+        out,
+        device,
+        progress,
+        weights=RANDOM_WEIGHTS,
+        metadata=control_metadata(seed),
+    )
+    evaluate_runs(control, runs, out, [], device, cfg, progress)
+    return runs, [scheme_line(work.model, seed) + "."]
+
+
 # Everything the quickstart writes into its folder: all that --overwrite may replace.
 REPORT_ENTRIES = {REPORT_MD, REPORT_JSON, PARETO_PNG, GEOMETRY_PNG, SAES_DIR, LOGS_DIR, MODEL_DIR}
 
@@ -242,6 +274,11 @@ def run_quickstart(
             saes = evaluate_runs(work, runs, tmp, extra, device, cfg, progress)
         with _timed(timings, "geometry"):
             geometry = geometry_comparisons(runs, saes)
+        control_setup: list[str] = []
+        if cfg.control is not None:
+            with _timed(timings, "control"):
+                control_runs, control_setup = train_control(cfg, work, tmp, device, progress)
+            runs += control_runs
         timings["total"] = time.perf_counter() - start
         result = ReportData(
             out=out,
@@ -256,6 +293,7 @@ def run_quickstart(
             timings=timings,
             config=cfg.to_dict(),
             setup=[setup_line(cfg, work.hook, work.d_in)],
+            control_setup=control_setup,
         )
         write_report(result, tmp)
     return result

@@ -38,9 +38,11 @@ def build_runner_config(
     device: str,
     tiny: bool = False,
     verbose: bool = False,
+    model_name: str | None = None,
 ) -> Any:
     """One SAELens runner config of the sweep; only strategy and lambda vary across runs.
-    The fields the sweep sets here are those `SWEEP_*_FIELDS` keep out of the overrides."""
+    The fields the sweep sets here are those `SWEEP_*_FIELDS` keep out of the overrides.
+    `model_name` names an in-memory model other than the quickstart's tiny LM."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
     from sae_lens_e2e.compat import keep_null_checkpoint_path
@@ -57,7 +59,7 @@ def build_runner_config(
     sae_kwargs.update(cfg.sae_overrides)
     batch = eval_batch_size(cfg)
     fields: dict[str, Any] = dict(
-        model_name=TINY_MODEL_NAME if tiny else cfg.model,
+        model_name=model_name or (TINY_MODEL_NAME if tiny else cfg.model),
         hook_name=hook,
         dataset_path="" if tiny else cfg.dataset,
         is_dataset_tokenized=True,

@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from sae_lens_e2e.analysis.report import SAERun
+from sae_lens_e2e.analysis.report import TRAINED_WEIGHTS, SAERun
 from sae_lens_e2e.pipelines.quickstart.config import LOGS_DIR, SAES_DIR, QuickstartConfig
 from sae_lens_e2e.pipelines.quickstart.runner_config import build_runner_config, run_label
 from sae_lens_e2e.pipelines.quickstart.workload import Workload
@@ -23,19 +24,35 @@ from sae_lens_e2e.training.validation import default_hook, hook_width, validate_
 
 
 def train_sweep(
-    cfg: QuickstartConfig, work: Workload, out: Path, device: str, progress: bool = True
+    cfg: QuickstartConfig,
+    work: Workload,
+    out: Path,
+    device: str,
+    progress: bool = True,
+    *,
+    weights: str = TRAINED_WEIGHTS,
+    metadata: Mapping[str, Any] | None = None,
 ) -> list[SAERun]:
-    """Every (strategy, lambda) through `E2ESAETrainingRunner`, saved under out/saes/."""
+    """Every (strategy, lambda) through `E2ESAETrainingRunner`, saved under out/saes/.
+
+    `weights` names the model's weights when they are not the trained ones (the
+    randomised-weights control): its runs are labelled and saved under `<weights>/`, and
+    `metadata` is recorded in each saved SAE's metadata."""
+    prefix = "" if weights == TRAINED_WEIGHTS else f"{weights}/"
+    labels = {prefix + run_label(s, c): (s, c) for s in cfg.strategies for c in cfg.coefficients[s]}
     plan = {
-        run_label(s, c): (s, c, _runner_config_for(cfg, work, s, c, out, device, progress))
-        for s in cfg.strategies
-        for c in cfg.coefficients[s]
+        label: (s, c, _runner_config_for(cfg, work, s, c, out / SAES_DIR / label, device, progress))
+        for label, (s, c) in labels.items()
     }
-    (out / LOGS_DIR).mkdir(exist_ok=True)
+    for _, _, runner_cfg in plan.values():
+        for key, value in (metadata or {}).items():
+            setattr(runner_cfg.sae.metadata, key, value)
+    (out / LOGS_DIR / prefix).mkdir(parents=True, exist_ok=True)
     runs = []
     for i, (label, (strategy, coefficient, runner_cfg)) in enumerate(plan.items(), 1):
         if progress:
-            tqdm.write(f"[{i}/{len(plan)}] training {strategy} SAE, lambda={coefficient:g}")
+            on = "" if not prefix else f" ({weights} model)"
+            tqdm.write(f"[{i}/{len(plan)}] training {strategy} SAE, lambda={coefficient:g}{on}")
         start = time.perf_counter()
         cost = _train_one(runner_cfg, work, out / LOGS_DIR / f"{label}.txt")
         path = f"{SAES_DIR}/{label}/{work.hook}"
@@ -50,6 +67,7 @@ def train_sweep(
                 train_seconds=seconds,
                 train_loop_seconds=cost["train_wall_time_s"],
                 train_flops=cost["train_flops"],
+                weights=weights,
             )  # fmt: skip
         )
     return runs
@@ -72,15 +90,22 @@ def _runner_config_for(
     work: Workload,
     strategy: str,
     coefficient: float,
-    out: Path,
+    path: Path,
     device: str,
     progress: bool,
 ) -> Any:
-    label = run_label(strategy, coefficient)
     tiny = work.train_dataset is not None
-    path = out / SAES_DIR / label
     return build_runner_config(
-        cfg, work.hook, work.d_in, strategy, coefficient, path, device, tiny, verbose=progress
+        cfg,
+        work.hook,
+        work.d_in,
+        strategy,
+        coefficient,
+        path,
+        device,
+        tiny,
+        verbose=progress,
+        model_name=work.model_name,
     )
 
 
