@@ -1,5 +1,5 @@
 """`sae-lens-e2e` command line: the entry point; one sub-command per module, each adding its own
-parser (train, convert, export, quickstart, evaluate)."""
+parser (train, convert, export, quickstart, evaluate, groundtruth)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = [
     "sae_lens_e2e.cli.export",
     "sae_lens_e2e.cli.quickstart",
     "sae_lens_e2e.cli.evaluate",
+    "sae_lens_e2e.cli.groundtruth",
 ]
 
 
