@@ -21,6 +21,23 @@ RANDOM_WEIGHTS = "random-weights"
 CONTROLS = (RANDOM_WEIGHTS,)
 
 
+DEFAULT_STRATEGIES = ("local", "e2e")
+
+
+def control_strategies(chosen: list[str] | None, strategies: list[str]) -> list[str]:
+    """The strategies trained again for the control: `chosen`, else local and e2e (the two the
+    method compares) among `strategies`, else all of them. `chosen` must be among them."""
+    if chosen is None:
+        default = [s for s in strategies if s in DEFAULT_STRATEGIES]
+        return default or list(strategies)
+    if not chosen or set(chosen) - set(strategies):
+        raise ValueError(
+            f"control_strategies must be a non-empty subset of the strategies {strategies}, "
+            f"got {chosen}"
+        )
+    return list(chosen)
+
+
 def check_control(control: str | None) -> None:
     if control is not None and control not in CONTROLS:
         raise ValueError(f"--control must be one of {CONTROLS}, got {control!r}")

@@ -33,6 +33,7 @@ from sae_lens_e2e.pipelines.control import (
     RANDOM_WEIGHTS,
     check_control,
     control_metadata,
+    control_strategies,
     random_weights,
     scheme_line,
 )
@@ -81,7 +82,7 @@ class StudyConfig:
     n_eval_sequences: int = 512
     eval_batch_size: int = 32
     control: str | None = None  # "random-weights"
-    control_strategies: list[str] = field(default_factory=lambda: ["local", "e2e"])
+    control_strategies: list[str] | None = None  # None: local and e2e
     device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,13 +113,8 @@ class StudyConfig:
         unknown = sorted(set(self.strategies) - set(STRATEGIES))
         if unknown or not self.strategies:
             raise ValueError(f"strategies must be a non-empty subset of {STRATEGIES}: {unknown}")
-        if self.control is not None and (
-            not self.control_strategies or set(self.control_strategies) - set(self.strategies)
-        ):
-            raise ValueError(
-                f"control_strategies must be a non-empty subset of {self.strategies}, got "
-                f"{self.control_strategies}"
-            )
+        if self.control is not None:
+            control_strategies(self.control_strategies, self.strategies)
         self.sweep_config().validate()
 
 
@@ -244,7 +240,8 @@ def run_groundtruth(
             t0 = time.perf_counter()
             control = weights != TRAINED_WEIGHTS
             metadata = control_metadata(seed) if control else None
-            plan = cfg.sweep_config(cfg.control_strategies) if control else sweep
+            controlled = control_strategies(cfg.control_strategies, cfg.strategies)
+            plan = cfg.sweep_config(controlled) if control else sweep
             mine = train_sweep(
                 plan, work, tmp, device, progress, weights=weights, metadata=metadata
             )

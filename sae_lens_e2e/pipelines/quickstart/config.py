@@ -12,7 +12,7 @@ from sae_lens import LanguageModelSAERunnerConfig
 from sae_lens_e2e import paper_settings
 from sae_lens_e2e.config_fields import build_config, check_fields
 from sae_lens_e2e.names import check_hook_name
-from sae_lens_e2e.pipelines.control import check_control
+from sae_lens_e2e.pipelines.control import check_control, control_strategies
 from sae_lens_e2e.pipelines.tiny_lm import TinyLMConfig
 from sae_lens_e2e.training.config import STRATEGIES, E2EStandardTrainingSAEConfig
 
@@ -85,9 +85,9 @@ class QuickstartConfig:
     seed: int = 0
     compare_saes: list[str] = field(default_factory=list)  # extra SAELens SAE folders
     # The randomised-weights control (pipelines/control.py): these strategies (with their
-    # lambdas) are trained again on the model's architecture freshly initialised.
+    # lambdas; None: local and e2e) are trained again on the architecture freshly initialised.
     control: str | None = None
-    control_strategies: list[str] = field(default_factory=lambda: ["local", "e2e"])
+    control_strategies: list[str] | None = None
     lm: TinyLMConfig = field(default_factory=TinyLMConfig)
     model_from_pretrained_kwargs: dict[str, Any] | None = None
     prepend_bos: bool | None = None  # None: False for the tiny model, else SAELens's True
@@ -150,12 +150,7 @@ class QuickstartConfig:
             raise ValueError(f"strategies must be a non-empty subset of {RUN_KINDS}, got {unknown}")
         check_control(self.control)
         if self.control is not None:
-            missing = sorted(set(self.control_strategies) - set(self.strategies))
-            if missing or not self.control_strategies:
-                raise ValueError(
-                    f"control_strategies must be a non-empty subset of the strategies "
-                    f"{self.strategies}, got {self.control_strategies}"
-                )
+            control_strategies(self.control_strategies, self.strategies)
         if not 0 < self.e2e_start_fraction < 1:
             raise ValueError(f"e2e_start_fraction must be in (0, 1), got {self.e2e_start_fraction}")
         for strategy in self.strategies:

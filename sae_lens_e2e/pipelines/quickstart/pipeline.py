@@ -48,6 +48,7 @@ from sae_lens_e2e.atomic import atomic_directory, remove_stale_temporaries
 from sae_lens_e2e.pipelines.control import (
     RANDOM_WEIGHTS,
     control_metadata,
+    control_strategies,
     random_weights,
     random_weights_seed,
     scheme_line,
@@ -222,7 +223,8 @@ def train_control(
     seed = random_weights_seed(work.model, cfg.seed)
     model = random_weights(work.model, seed)
     control = dataclasses.replace(work, model=model)
-    sweep = dataclasses.replace(cfg, strategies=list(cfg.control_strategies))
+    strategies = control_strategies(cfg.control_strategies, cfg.strategies)
+    sweep = dataclasses.replace(cfg, strategies=strategies)
     runs = train_sweep(
         sweep,
         control,
