@@ -63,13 +63,12 @@ def side_by_side(
 
 
 CONTROL_NOTE = (
-    "What the comparison tells: how much of an SAE metric comes from what the model learned. "
-    "A metric that is as good on the randomly initialised model (Heap et al. 2025 found this "
-    "for reconstruction and auto-interpretability) cannot by itself show that an SAE found "
-    "the model's features; a metric that separates the two (CE / KL increase against L0 "
-    "here, recovery of known features on the ground-truth model) can. What it does not tell: "
-    "whether any single latent is meaningful, or how either model would behave at another "
-    "scale; the random model's outputs are near uniform, so its KL and CE increase are small "
-    "in absolute terms and are best read against its own zero-ablation CE. L0 at equal lambda "
-    "is not comparable between the two (the residual norms differ); read them against L0."
+    "What the comparison tells: whether a metric depends on what the model learned. A metric "
+    "that comes out as good on the randomly initialised model (Heap et al. 2025 found this for "
+    "reconstruction and auto-interpretability) cannot by itself show that an SAE found the "
+    "model's features. What it does not tell: whether any single latent is meaningful, or how "
+    "either model behaves at another scale. Read the control's KL, not its CE increase: a "
+    "randomly initialised model can predict worse than uniform (compare its clean and "
+    "zero-ablation CE above), so an SAE that degrades it can lower its CE. L0 at equal lambda "
+    "is not comparable between the two (the residual norms differ): compare at equal L0."
 )
