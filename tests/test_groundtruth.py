@@ -185,3 +185,34 @@ def test_study_trains_through_the_runner_and_reports(tmp_path):
     assert report.facts["n_important"] == int(build_ground_truth(SMALL).important.sum())
     rc = main(["groundtruth", "--out", str(tmp_path / "x"), "--strategies", "local,nope"])
     assert rc == 2 and not (tmp_path / "x").exists()
+
+
+def test_cli_warns_of_a_mostly_dead_sae_over_the_reports_tokens(tmp_path, monkeypatch, capsys):
+    """The runners the study drives leave the mostly-dead warning to it, as the quickstart's
+    do: an SAE killed by a huge lambda and lr is named and counted over the held-out tokens
+    of the report's alive column (32 x 8 = 256), not the runner's own batch."""
+    import functools
+    import json
+
+    from sae_lens_e2e.cli import main
+    from sae_lens_e2e.pipelines.groundtruth import study
+
+    toy = functools.partial(
+        study.StudyConfig, model=SMALL, training_tokens=8 * 256, n_eval_sequences=32,
+        eval_batch_size=16, lr=3.0, device="cpu",
+    )  # fmt: skip
+    monkeypatch.setattr(study, "StudyConfig", toy)
+    out = tmp_path / "gt"
+    rc = main(["groundtruth", "--out", str(out), "--quiet", "--strategies", "local",
+               "--coefficients", "local=1000"])  # fmt: skip
+    assert rc == 0
+    (run,) = json.loads((out / "report.json").read_text())["runs"]
+    m = run["metrics"]
+    dead, alive = m[f"dead/{HOOK}"], m[f"alive/{HOOK}"]
+    assert dead > alive and m["n_tokens"] == 32 * 8
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+    assert warnings == [
+        f"WARNING: run local_lambda1000: {dead} of {dead + alive} latents of the SAE at {HOOK} "
+        f"never fired on 256 held-out tokens (L0 {m[f'l0/{HOOK}']:.3g}): the SAE is mostly "
+        "dead; try a lower lr or sparsity coefficient"
+    ]

@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_e2e.analysis.groundtruth import REPORT_ENTRIES, format_summary
     from sae_lens_e2e.pipelines.groundtruth.study import run_groundtruth
     from sae_lens_e2e.pipelines.output import check_output_dir
+    from sae_lens_e2e.pipelines.quickstart.pipeline import dead_sae_warnings
 
     cfg = config_from_args(args)
     cfg.validate()
@@ -102,4 +103,6 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 130
     print(format_summary(report))
+    for line in dead_sae_warnings(report.runs):  # the runners it drives leave this to it
+        print(line, file=sys.stderr)
     return 0
