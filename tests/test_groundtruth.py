@@ -148,6 +148,7 @@ def test_study_trains_through_the_runner_and_reports(tmp_path):
 
     from sae_lens import SAE
 
+    import sae_lens_e2e
     from sae_lens_e2e.analysis.report import parse_markdown_table
     from sae_lens_e2e.cli import main
     from sae_lens_e2e.pipelines.groundtruth.study import StudyConfig, run_groundtruth
@@ -167,7 +168,9 @@ def test_study_trains_through_the_runner_and_reports(tmp_path):
     report = run_groundtruth(cfg, out, progress=False)
     for name in ("report.md", "report.json", "groundtruth.png"):
         assert (out / name).stat().st_size > 0, name
-    runs = json.loads((out / "report.json").read_text())["runs"]
+    written = json.loads((out / "report.json").read_text())
+    assert written["sae_lens_e2e_version"] == sae_lens_e2e.__version__
+    runs = written["runs"]
     assert [(r["label"], r["weights"]) for r in runs] == [
         ("local_lambda0.3", "trained"),
         ("e2e_lambda1", "trained"),

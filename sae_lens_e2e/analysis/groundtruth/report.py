@@ -15,6 +15,7 @@ from sae_lens_e2e.analysis.report import REPORT_JSON, REPORT_MD, TRAINED_WEIGHTS
 from sae_lens_e2e.analysis.report.comparison import interp_log
 from sae_lens_e2e.analysis.report.control import COLUMNS, controls, side_by_side
 from sae_lens_e2e.analysis.report.table import markdown_table
+from sae_lens_e2e.version import __version__
 
 GROUNDTRUTH_PNG = "groundtruth.png"
 REPORT_ENTRIES = {REPORT_MD, REPORT_JSON, GROUNDTRUTH_PNG, "saes", "logs"}
@@ -262,6 +263,7 @@ def _sae_line(config: dict[str, Any]) -> str:
 
 def report_dict(report: GroundTruthReport) -> dict[str, Any]:
     return {
+        "sae_lens_e2e_version": __version__,
         "model": report.model_name,
         "hook": report.hook,
         "n_eval_tokens": report.n_eval_tokens,
