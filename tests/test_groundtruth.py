@@ -190,10 +190,22 @@ def test_study_trains_through_the_runner_and_reports(tmp_path):
     assert rc == 2 and not (tmp_path / "x").exists()
 
 
-def test_cli_warns_of_a_mostly_dead_sae_over_the_reports_tokens(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def keep_torch_threads():
+    """The CLI sets torch's thread count for its process (share_cpu); run in this one, it
+    must not change the thread count of the tests that follow."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cli_warns_of_a_mostly_dead_sae_over_the_reports_tokens(
+    tmp_path, monkeypatch, capsys, keep_torch_threads
+):
     """The runners the study drives leave the mostly-dead warning to it, as the quickstart's
     do: an SAE killed by a huge lambda and lr is named and counted over the held-out tokens
-    of the report's alive column (32 x 8 = 256), not the runner's own batch."""
+    of the report's alive column (32 x 8 = 256), not the runner's own batch. On the CPU it
+    takes the threads it is given (--threads; else the quickstart's fair share)."""
     import functools
     import json
 
@@ -206,9 +218,12 @@ def test_cli_warns_of_a_mostly_dead_sae_over_the_reports_tokens(tmp_path, monkey
     )  # fmt: skip
     monkeypatch.setattr(study, "StudyConfig", toy)
     out = tmp_path / "gt"
+    rc = main(["groundtruth", "--out", str(out), "--threads", "0"])
+    assert rc == 2 and "--threads must be >= 1" in capsys.readouterr().err
+    torch.set_num_threads(2)
     rc = main(["groundtruth", "--out", str(out), "--quiet", "--strategies", "local",
-               "--coefficients", "local=1000"])  # fmt: skip
-    assert rc == 0
+               "--coefficients", "local=1000", "--threads", "1"])  # fmt: skip
+    assert rc == 0 and torch.get_num_threads() == 1
     (run,) = json.loads((out / "report.json").read_text())["runs"]
     m = run["metrics"]
     dead, alive = m[f"dead/{HOOK}"], m[f"alive/{HOOK}"]

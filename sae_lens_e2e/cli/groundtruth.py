@@ -60,6 +60,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--d-sae", type=int, help="dictionary size (default: the feature count)")
     parser.add_argument("--seed", type=int, help="model, data and SAE seed (default: 0)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: auto)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (default: no more than the cores other processes leave idle, "
+        "measured at the start, as the quickstart; OMP_NUM_THREADS also sets it)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -89,13 +96,20 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sae_lens_e2e.analysis.groundtruth import REPORT_ENTRIES, format_summary
+    from sae_lens_e2e.cli.quickstart import share_cpu
     from sae_lens_e2e.pipelines.groundtruth.study import run_groundtruth
     from sae_lens_e2e.pipelines.output import check_output_dir
     from sae_lens_e2e.pipelines.quickstart.pipeline import dead_sae_warnings
+    from sae_lens_e2e.preflight import check_device, resolve_device
 
     cfg = config_from_args(args)
     cfg.validate()
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_device(cfg.device, "--device")
     check_output_dir(Path(args.out), args.overwrite, REPORT_ENTRIES, "groundtruth")
+    if resolve_device(cfg.device) == "cpu":  # a shared machine costs at most its fair share
+        share_cpu(args.threads)
     try:
         report = run_groundtruth(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
     except KeyboardInterrupt:
