@@ -107,13 +107,14 @@ def test_chunk_size_from_budget_and_override():
     budget = logits_mod.BUDGET_BYTES["cpu"]
     assert logits_mod.chunk_tokens(10**6, 262144, cpu) == budget // (4 * 4 * 262144)
     assert logits_mod.chunk_tokens(10**6, 10**9, cpu) == 1
-    # never buffers of more than 0.4 of the whole logits: a tenth of the tokens
-    assert logits_mod.chunk_tokens(512, 8192, cpu) == 51
+    # never buffers of more than 0.3 of the whole logits (0.3 * tokens / 4 rows), unless
+    # that is under 16 MiB (GEMMs too small to pay)
+    assert logits_mod.chunk_tokens(512, 50257, cpu) == 38
+    assert logits_mod.chunk_tokens(512, 8192, cpu) == (16 << 20) // (4 * 4 * 8192)
     cuda = torch.device("cuda")
-    for vocab in (50257, 256000):  # the paper's batch: the GPU budget binds
-        big = logits_mod.BUDGET_BYTES["cuda"] // (4 * 4 * vocab)
-        assert logits_mod.chunk_tokens(16 * 1024, vocab, cuda) == big
-    assert logits_mod.chunk_tokens(2048, 50257, cuda) == 204  # a tenth of the tokens binds
+    big = logits_mod.BUDGET_BYTES["cuda"] // (4 * 4 * 256000)  # Gemma's vocab: the budget
+    assert logits_mod.chunk_tokens(16 * 1024, 256000, cuda) == big
+    assert logits_mod.chunk_tokens(16 * 1024, 50257, cuda) == 1228  # GPT-2's: the share
 
 
 def test_next_token_ce_sum_equals_transformer_lens_loss():

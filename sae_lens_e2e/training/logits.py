@@ -34,12 +34,19 @@ import torch.nn.functional as F
 from sae_lens_e2e import kernels
 from sae_lens_e2e.kernels import dispatch, selfcheck
 
-#: Bytes the chunk buffers may take (four [chunk, vocab] fp32 arrays at most): small on CPU
-#: so a chunk stays in cache, larger on a GPU so each GEMM stays large. They also never take
-#: more than `MAX_SHARE` of what the whole logits would (tokens x vocab x 4 bytes), leaving
-#: room under the 0.5 the step aims at for its other memory (benchmarks/bench_memory.py).
-BUDGET_BYTES = {"cuda": 1 << 30, "cpu": 64 << 20}
-MAX_SHARE = 0.4
+#: Bytes the chunk buffers may take (four [chunk, vocab] fp32 arrays at most). Every chunk
+#: reads the whole unembed three times (two logits GEMMs and the input gradient's), so a
+#: chunk of c rows does about c FLOPs per byte of W_U read in bf16: on a GPU it takes
+#: ~300 rows for the GEMMs to be compute-bound (H100: 989 TFLOP/s / 3.35 TB/s), i.e.
+#: 4 GiB at a 256k vocabulary (1048 rows) and still a fraction of the 16.8 GB one fp32
+#: copy of such logits takes at the paper's batch. On CPU the budget stays small (tests,
+#: tiny models). They also never take more than `MAX_SHARE` of what the whole logits would
+#: (tokens x vocab x 4 bytes), leaving room under the 0.5 the step aims at for its other
+#: memory (benchmarks/bench_memory.py).
+BUDGET_BYTES = {"cuda": 4 << 30, "cpu": 64 << 20}
+MAX_SHARE = 0.3
+#: ... but never less than this: below it the GEMMs get too small to be worth the memory.
+MIN_BYTES = 16 << 20
 _BUFFERS = 4
 
 
@@ -50,7 +57,7 @@ def chunk_tokens(
     if override is not None:
         return max(1, min(override, n_tokens))
     budget = BUDGET_BYTES.get(torch.device(device).type, BUDGET_BYTES["cpu"])
-    budget = min(budget, MAX_SHARE * n_tokens * vocab * 4)
+    budget = min(budget, max(MIN_BYTES, MAX_SHARE * n_tokens * vocab * 4))
     return max(1, min(n_tokens, int(budget // (_BUFFERS * 4 * vocab))))
 
 
