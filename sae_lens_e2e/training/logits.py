@@ -14,8 +14,9 @@ then the chunk's logits are dropped. Only the gradient with respect to the splic
 [tokens, d_model], outlives the forward, and backward just scales it. Cost: the same GEMMs as
 the unfused path (clean unembed, spliced unembed, the input gradient of the latter), nothing
 recomputed, no unembed weight gradient (the model is frozen); in exchange the gradient is
-computed in the forward, which a forward without grad (evaluation) skips. Memory: about five
-[chunk, vocab] fp32 buffers plus the [tokens, d_model] gradient. ln_final runs inside the
+computed in the forward, which a forward without grad (evaluation) skips. Memory: four
+[chunk, vocab] fp32 buffers at most (Gemma's soft-cap adds a transient one) plus the
+[tokens, d_model] gradient. ln_final runs inside the
 chunk's graph, so its weights (where the model has them) shape the gradient.
 
 The KL of a chunk is PyTorch on every device; on CUDA the fused Triton KL runs per chunk
